@@ -1,0 +1,1 @@
+"""Antiphon: a low-latency gRPC server for voice and text AI agents."""

@@ -1,0 +1,111 @@
+"""Conversation service: Converse (bidirectional) and Send (one text turn)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from antiphon.aio import cancel_and_wait
+from antiphon.api.boundary import guard_stream
+from antiphon.api.stream_session import Services, StreamSession
+from antiphon.api.streams import StreamRegistry
+from antiphon.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from antiphon.telemetry.metrics import Metrics
+from antiphon.v1 import conversation_pb2 as cpb
+from antiphon.v1 import conversation_pb2_grpc
+from antiphon.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_VOICE_FIELDS = ("input_audio", "output_audio", "vad", "barge_in")
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
+    def __init__(self, services: Services, streams: StreamRegistry, metrics: Metrics) -> None:
+        self._svc = services
+        self._streams = streams
+        self._metrics = metrics
+
+    # grpc.aio recognises streaming handlers by being async generator functions.
+    async def Converse(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.ClientEvent], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerEvent]:
+        async for event in guard_stream(self._converse(request_iterator), context, "Converse", self._metrics):
+            yield event
+
+    async def Send(  # noqa: N802 (gRPC method name)
+        self, request: cpb.TextRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerEvent]:
+        async for event in guard_stream(self._send(request), context, "Send", self._metrics):
+            yield event
+
+    async def _converse(self, requests: AsyncIterator[pb.ClientEvent]) -> AsyncIterator[pb.ServerEvent]:
+        async with self._streams.open():
+            first = await anext(aiter(requests), None)
+            if first is None:
+                return
+            if first.WhichOneof("event") != "session_config":
+                raise InvalidArgument(
+                    f"the first message must be session_config, got {first.WhichOneof('event') or 'an empty event'}"
+                )
+            config = first.session_config
+            for name in _VOICE_FIELDS:
+                if config.HasField(name):
+                    raise Unimplemented(f"session_config.{name}: voice is not available on this server version")
+            session = StreamSession(self._svc)
+            reader: asyncio.Task[None] | None = None
+            try:
+                yield await session.start(config.session_id, config.agent_profile, config.generation)
+                reader = asyncio.create_task(self._read(requests, session), name=f"reader:{session.session_id}")
+                drain = asyncio.create_task(self._drain_on_shutdown(session), name="drain-watch")
+                try:
+                    while (event := await session.out.get()) is not None:
+                        yield event
+                finally:
+                    await cancel_and_wait(drain)
+                if self._streams.draining.is_set():
+                    raise Unavailable("the server is shutting down; reconnect to continue this session")
+            finally:
+                await cancel_and_wait(reader)
+                await session.close()
+
+    async def _read(self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession) -> None:
+        async for event in requests:
+            kind = event.WhichOneof("event")
+            if kind == "text":
+                await session.submit_text(event.text.content)
+            elif kind == "interrupt":
+                session.interrupt()
+            elif kind == "end_of_input":
+                break
+            elif kind == "session_config":
+                await session.report(InvalidArgument("session_config: may only be the first message of a stream"))
+            elif kind == "audio":
+                await session.report(Unimplemented("audio: voice is not available on this server version"))
+            elif kind == "tool_result":
+                await session.report(FailedPrecondition(f"tool_result: no tool call {event.tool_result.call_id!r} is pending"))
+            else:
+                await session.report(InvalidArgument("event: empty ClientEvent"))
+        # end_of_input, or the client half-closed: finish what was asked, then end.
+        await session.end_input()
+
+    async def _drain_on_shutdown(self, session: StreamSession) -> None:
+        await self._streams.draining.wait()
+        await session.end_input()
+
+    async def _send(self, request: cpb.TextRequest) -> AsyncIterator[pb.ServerEvent]:
+        async with self._streams.open():
+            if not request.text.strip():
+                raise InvalidArgument("text: must not be empty")
+            session = StreamSession(self._svc)
+            try:
+                yield await session.start(request.session_id, request.agent_profile, request.generation)
+                await session.submit_text(request.text)
+                await session.end_input()
+                while (event := await session.out.get()) is not None:
+                    yield event
+            finally:
+                await session.close()

@@ -1,0 +1,157 @@
+"""The per-stream state machine shared by Converse and Send.
+
+Inputs (text, interrupt, end-of-input) arrive from the client; turns run one
+at a time in order; every server event goes through one bounded queue, so a
+client that stops reading pauses generation instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import uuid
+from dataclasses import dataclass
+
+from antiphon.agent.profiles import ProfileRegistry
+from antiphon.agent.turn import TurnRunner, TurnState
+from antiphon.aio import cancel_and_wait
+from antiphon.api.events import EventWriter, generation_message, reason_label, requested_options
+from antiphon.config import SESSION_ID_RE, Settings
+from antiphon.context.sessions import SessionStore
+from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable
+from antiphon.logs import session_id_var, turn_id_var
+from antiphon.v1 import events_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+OUT_QUEUE_EVENTS = 256
+MAX_PENDING_INPUTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    profiles: ProfileRegistry
+    sessions: SessionStore
+    runner: TurnRunner
+
+
+class StreamSession:
+    def __init__(self, services: Services) -> None:
+        self._svc = services
+        self._owner = uuid.uuid4().hex
+        self._writer = EventWriter()
+        self.out: asyncio.Queue[pb.ServerEvent | None] = asyncio.Queue(OUT_QUEUE_EVENTS)
+        self._pending: collections.deque[str] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._turn: asyncio.Task[None] | None = None
+        self._ended = False
+        self._leased = False
+        self.session_id = ""
+
+    async def start(self, session_id: str, profile_name: str, generation: pb.GenerationOptions) -> pb.ServerEvent:
+        """Validate the session settings, take the session's lease and build session_started."""
+        if session_id and not SESSION_ID_RE.fullmatch(session_id):
+            raise InvalidArgument("session_id: use 1..128 characters from [A-Za-z0-9._:-]")
+        self._profile = self._svc.profiles.get(profile_name)
+        self._options = self._svc.profiles.resolve(self._profile, requested_options(generation))
+        self.session_id = session_id or uuid.uuid4().hex
+        session_id_var.set(self.session_id)
+        if not await self._svc.sessions.acquire(self.session_id, self._owner):
+            raise FailedPrecondition(
+                f"session_id: session {self.session_id!r} is already open on another stream; "
+                "close that stream first or use another session id"
+            )
+        self._leased = True
+        record = await self._svc.sessions.create(self.session_id, self._profile.name)
+        log.info("session started", extra={"agent": self._profile.name, "history_turns": len(record.turns)})
+        return self._writer.event(
+            session_started=pb.SessionStarted(
+                session_id=self.session_id,
+                agent_profile=self._profile.name,
+                generation=generation_message(self._options),
+                history_turns=len(record.turns),
+            )
+        )
+
+    async def submit_text(self, text: str) -> None:
+        limit = self._svc.settings.server.max_input_chars
+        if self._ended:
+            await self.report(FailedPrecondition("text: input arrived after end_of_input"))
+            return
+        if not text.strip():
+            await self.report(InvalidArgument("text.content: must not be empty"))
+            return
+        if len(text) > limit:
+            await self.report(InvalidArgument(f"text.content: {len(text)} characters exceeds the limit of {limit}"))
+            return
+        if len(self._pending) >= MAX_PENDING_INPUTS:
+            await self.report(
+                Unavailable(f"text: {MAX_PENDING_INPUTS} inputs already wait for the current turn; send fewer")
+            )
+            return
+        self._pending.append(text)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"turns:{self.session_id}")
+
+    def interrupt(self) -> None:
+        """Cancel the turn in progress; queued inputs still run."""
+        if self._turn is not None:
+            self._turn.cancel()
+
+    async def end_input(self) -> None:
+        """No more input: finish the queued turns, then end the event stream."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._worker is None or self._worker.done():
+            await self.out.put(None)
+
+    async def report(self, exc: AntiphonError, turn_id: str = "") -> None:
+        await self.out.put(self._writer.error(exc, turn_id))
+
+    async def close(self) -> None:
+        """Stop everything this stream runs and release the session (client gone or stream over)."""
+        await cancel_and_wait(self._turn, self._worker)
+        if self._leased:
+            self._leased = False
+            await self._svc.sessions.release(self.session_id, self._owner)
+
+    async def _work(self) -> None:
+        while self._pending:
+            await self._run_turn(self._pending.popleft())
+        if self._ended:
+            await self.out.put(None)
+
+    async def _run_turn(self, text: str) -> None:
+        state = TurnState(self.session_id, self._profile, self._options, text)
+        turn_id_var.set(state.turn_id)
+
+        async def sink(delta: str) -> None:
+            await self.out.put(self._writer.text(state.turn_id, delta))
+
+        self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
+        await asyncio.wait([self._turn])
+        failed = False
+        if not self._turn.cancelled() and (exc := self._turn.exception()) is not None:
+            # The one place a turn's failure is contained: report it, keep the stream.
+            failed = True
+            if not isinstance(exc, AntiphonError):
+                log.error("turn failed", exc_info=exc)
+                exc = AntiphonError("internal error in the turn; the server log has details")
+            await self.report(exc, state.turn_id)
+        self._turn = None
+        await self.out.put(self._writer.turn_end(state, failed=failed))
+        self._svc.runner.observe(state, reason_label(state, failed))
+        log.info(
+            "turn ended",
+            extra={
+                "reason": reason_label(state, failed),
+                "input_tokens": state.stats.input_tokens,
+                "output_tokens": state.stats.output_tokens,
+                "first_token_ms": round((state.first_sent_s or 0) * 1000, 1),
+            },
+        )
+        turn_id_var.set("")
+

@@ -1,0 +1,154 @@
+"""Composition root: builds every component from the settings; owns startup and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+
+from antiphon.agent.profiles import ProfileRegistry
+from antiphon.agent.turn import TurnRunner
+from antiphon.api.admin import AdminServicer
+from antiphon.api.conversation import ConversationServicer
+from antiphon.api.stream_session import Services
+from antiphon.api.streams import StreamRegistry
+from antiphon.api.unavailable_services import ContextServicer, ToolsServicer
+from antiphon.config import Settings
+from antiphon.context.sessions import MemorySessionStore, SessionStore
+from antiphon.inference.llm import LLM
+from antiphon.telemetry.metrics import Metrics
+from antiphon.telemetry.tracing import setup_tracing
+from antiphon.v1 import admin_pb2, admin_pb2_grpc, context_pb2, context_pb2_grpc, conversation_pb2
+from antiphon.v1 import conversation_pb2_grpc, tools_pb2, tools_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    conversation_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name,
+    context_pb2.DESCRIPTOR.services_by_name["Context"].full_name,
+    tools_pb2.DESCRIPTOR.services_by_name["Tools"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+def load_llm(settings: Settings) -> LLM:
+    from antiphon.inference.onnx_llm import OnnxGenaiLLM
+
+    m = settings.models
+    return OnnxGenaiLLM.from_models_dir(
+        m.path, workers=m.llm_workers, threads=m.llm_threads, context_tokens=settings.generation.context_tokens
+    )
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        llm: LLM | None = None,
+        sessions: SessionStore | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics.create()
+        self._llm = llm
+        self.sessions = sessions or MemorySessionStore()
+        self._tracer_provider = tracer_provider
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: Any = None
+        self.streams = StreamRegistry(settings.server.max_streams, self.metrics)
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            raise RuntimeError("App.start() has not loaded the model yet")
+        return self._llm
+
+    async def start(self) -> int:
+        """Load models, bind the port and start serving; returns the bound port."""
+        s = self.settings
+        if self._tracer_provider is None:
+            self._tracer_provider = setup_tracing(s.telemetry)
+        if self._llm is None:
+            t0 = time.perf_counter()
+            self._llm = await asyncio.get_running_loop().run_in_executor(None, load_llm, s)
+            log.info("model loaded", extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)})
+        runner = TurnRunner(self._llm, self.sessions, self.metrics, context_tokens=s.generation.context_tokens)
+        services = Services(s, ProfileRegistry(s), self.sessions, runner)
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.server.max_message_bytes),
+                ("grpc.max_send_message_length", s.server.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        )
+        conversation_pb2_grpc.add_ConversationServicer_to_server(
+            ConversationServicer(services, self.streams, self.metrics), server
+        )
+        context_pb2_grpc.add_ContextServicer_to_server(ContextServicer(), server)
+        tools_pb2_grpc.add_ToolsServicer_to_server(ToolsServicer(), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._llm), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
+        if self.port == 0:
+            raise OSError(f"server.port: cannot bind {s.server.host}:{s.server.port}")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.telemetry.metrics_port:
+            self._metrics_server = self.metrics.serve(s.telemetry.metrics_host, s.telemetry.metrics_port)
+        log.info("serving", extra={"address": f"{s.server.host}:{self.port}"})
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, drain streams up to the grace period, then cancel the rest."""
+        if self._server is None:
+            return
+        grace = self.settings.server.shutdown_grace_s if grace_s is None else grace_s
+        log.info("shutting down", extra={"open_streams": self.streams.open_streams, "grace_s": grace})
+        await self._health.enter_graceful_shutdown()
+        self.streams.start_drain()
+        drained = await self.streams.wait_idle(grace)
+        if not drained:
+            log.warning("grace period over; cancelling open streams", extra={"open_streams": self.streams.open_streams})
+        await self._server.stop(0.5 if drained else 0)
+        self._server = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self._llm is not None:
+            await self._llm.aclose()
+        await self.sessions.aclose()
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await stop_requested.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self.stop()

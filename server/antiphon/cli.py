@@ -1,0 +1,112 @@
+"""Command line: `antiphon serve | models | chat`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from antiphon.config import ConfigError, Settings, load_settings
+from antiphon.errors import ModelMissing
+
+log = logging.getLogger("antiphon")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    environ = dict(os.environ)
+    if getattr(args, "host", None):
+        environ["ANTIPHON_SERVER_HOST"] = args.host
+    if getattr(args, "port", None) is not None:
+        environ["ANTIPHON_SERVER_PORT"] = str(args.port)
+    if getattr(args, "models_dir", None):
+        environ["ANTIPHON_MODELS_DIR"] = args.models_dir
+    return load_settings(args.config, environ)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from antiphon.app import App
+    from antiphon.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log.level, settings.log.format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional speed-up; the asyncio default loop works too
+        pass
+    try:
+        asyncio.run(App(settings).serve_forever())
+    except ModelMissing as exc:
+        print(f"antiphon: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from antiphon.inference.prepare_llm import prepare_llm
+
+    settings = _settings(args)
+    path = prepare_llm(settings.models.path, force=args.force, threads=settings.models.llm_threads, progress=True)
+    print(f"llm ready: {path}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from antiphon.inference.prepare_llm import LLM_MODEL_NAME, is_llm_prepared, llm_model_dir
+
+    settings = _settings(args)
+    ready = is_llm_prepared(settings.models.path)
+    state = "ready" if ready else "missing (run `antiphon models prepare`)"
+    print(f"llm  {LLM_MODEL_NAME:32} {state:10} {llm_model_dir(settings.models.path)}")
+    return 0 if ready else 1
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from antiphon_client.chat import main
+
+    return main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="antiphon", description="Low-latency gRPC server for voice and text agents")
+    parser.add_argument("--config", type=Path, help="TOML settings file (or ANTIPHON_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--models-dir")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="prepare and list models").add_subparsers(dest="models_command", required=True)
+    prepare = models.add_parser("prepare", help="convert the packaged model weights for the embedded backend")
+    prepare.add_argument("--models-dir")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    prepare.set_defaults(func=cmd_models_prepare)
+    listing = models.add_parser("list", help="show which models are prepared")
+    listing.add_argument("--models-dir")
+    listing.set_defaults(func=cmd_models_list)
+
+    from antiphon_client.chat import add_arguments
+
+    chat = sub.add_parser("chat", help="talk to a running server (interactive, or -m for one message)")
+    add_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"antiphon: invalid setting {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

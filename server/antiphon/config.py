@@ -1,0 +1,253 @@
+"""Typed, validated settings: defaults < TOML file < ANTIPHON_* environment.
+
+Every option has one type and its unit in its name. Environment variables are
+``ANTIPHON_<SECTION>_<FIELD>`` (for example ``ANTIPHON_SERVER_PORT=50052``).
+Errors name the offending field as ``section.field``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "ANTIPHON_"
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the field."""
+
+
+def _require(cond: bool, name: str, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {why}")
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # Largest gRPC message accepted; larger ones fail with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 1 << 20
+    # Open Converse/Send streams across the process; more get RESOURCE_EXHAUSTED.
+    max_streams: int = 256
+    # On SIGTERM: streams get this long to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
+    # Longest user text accepted in one turn.
+    max_input_chars: int = 16_000
+
+    def __post_init__(self) -> None:
+        _require(bool(self.host), "server.host", "must not be empty")
+        _require(0 <= self.port <= 65535, "server.port", "must be in 0..65535 (0 picks a free port)")
+        _require(1024 <= self.max_message_bytes <= 64 << 20, "server.max_message_bytes", "must be 1 KiB..64 MiB")
+        _require(self.max_streams >= 1, "server.max_streams", "must be >= 1")
+        _require(0 <= self.shutdown_grace_s <= 600, "server.shutdown_grace_s", "must be 0..600")
+        _require(self.max_input_chars >= 1, "server.max_input_chars", "must be >= 1")
+
+
+@dataclass
+class ModelSettings:
+    # Where `antiphon models prepare` writes and the server reads models.
+    dir: str = "var/models"
+    # ONNX Runtime intra-op threads for the LLM decoder.
+    llm_threads: int = 2
+    # Model calls that may run at once; each holds llm_threads cores.
+    llm_workers: int = 1
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dir), "models.dir", "must not be empty")
+        _require(1 <= self.llm_threads <= 64, "models.llm_threads", "must be 1..64")
+        _require(1 <= self.llm_workers <= 64, "models.llm_workers", "must be 1..64")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
+@dataclass
+class GenerationSettings:
+    """Defaults and limits applied to GenerationOptions from clients."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 256
+    # Hard ceiling on max_tokens a client may ask for.
+    max_tokens_limit: int = 2048
+    # Tokens of history + prompt kept within the model's context.
+    context_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        _require(0 < self.temperature <= 2, "generation.temperature", "must be in (0, 2]")
+        _require(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
+        _require(1 <= self.max_tokens_limit <= 8192, "generation.max_tokens_limit", "must be 1..8192")
+        _require(
+            1 <= self.max_tokens <= self.max_tokens_limit,
+            "generation.max_tokens",
+            "must be 1..generation.max_tokens_limit",
+        )
+        _require(
+            self.max_tokens_limit < self.context_tokens <= 8192,
+            "generation.context_tokens",
+            "must exceed max_tokens_limit and be <= 8192 (the model's context)",
+        )
+
+
+@dataclass
+class TelemetrySettings:
+    # Trace exporter: none, console (stderr) or otlp (gRPC to otlp_endpoint).
+    traces: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # Prometheus /metrics port; 0 disables the endpoint.
+    metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        _require(self.traces in ("none", "console", "otlp"), "telemetry.traces", "must be none, console or otlp")
+        _require(0 <= self.metrics_port <= 65535, "telemetry.metrics_port", "must be in 0..65535")
+
+
+@dataclass
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one JSON object per line; text: human-readable.
+    format: Literal["json", "text"] = "json"
+
+    def __post_init__(self) -> None:
+        _require(self.level in ("debug", "info", "warning", "error"), "log.level", "must be debug|info|warning|error")
+        _require(self.format in ("json", "text"), "log.format", "must be json or text")
+
+
+@dataclass
+class AgentProfileSettings:
+    system_prompt: str = "You are a helpful, concise assistant."
+    # Per-profile overrides of the generation defaults; 0 keeps the default.
+    temperature: float = 0.0
+    max_tokens: int = 0
+
+
+DEFAULT_PROFILE = "assistant"
+
+
+def _default_agents() -> dict[str, AgentProfileSettings]:
+    return {
+        DEFAULT_PROFILE: AgentProfileSettings(),
+        "concise": AgentProfileSettings(
+            system_prompt="You answer in one short sentence.", temperature=0.3, max_tokens=64
+        ),
+    }
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    agents: dict[str, AgentProfileSettings] = field(default_factory=_default_agents)
+    default_agent: str = DEFAULT_PROFILE
+
+    def __post_init__(self) -> None:
+        _require(bool(self.agents), "agents", "at least one agent profile is required")
+        _require(self.default_agent in self.agents, "default_agent", f"no profile named {self.default_agent!r}")
+        for name, profile in self.agents.items():
+            _require(bool(re.fullmatch(r"[a-z0-9_-]{1,64}", name)), f"agents.{name}", "name must match [a-z0-9_-]{1,64}")
+            _require(0 <= profile.temperature <= 2, f"agents.{name}.temperature", "must be in [0, 2]")
+            _require(
+                0 <= profile.max_tokens <= self.generation.max_tokens_limit,
+                f"agents.{name}.max_tokens",
+                "must be 0..generation.max_tokens_limit",
+            )
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "models": ModelSettings,
+    "generation": GenerationSettings,
+    "telemetry": TelemetrySettings,
+    "log": LogSettings,
+}
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        _require(value in allowed, name, f"must be one of {', '.join(map(str, allowed))}")
+        return value
+    if annotation is bool:
+        if isinstance(value, str):
+            _require(value.lower() in ("1", "0", "true", "false"), name, "must be true or false")
+            return value.lower() in ("1", "true")
+        _require(isinstance(value, bool), name, "must be a boolean")
+        return value
+    if annotation in (int, float):
+        try:
+            result = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+        _require(not isinstance(value, bool), name, "must be a number")
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}: must be an integer, got {value!r}")
+        return result
+    if annotation is str:
+        _require(isinstance(value, str), name, "must be a string")
+        return value
+    return value
+
+
+def _build_section(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, an optional TOML file and the environment."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_SECTIONS) - {"agents", "default_agent"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section")
+
+    sections: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in _SECTIONS}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section, _, fld = rest.partition("_")
+        if section in sections and fld:
+            sections[section][fld] = value
+        elif rest == "default_agent":
+            data["default_agent"] = value
+
+    built = {name: _build_section(cls, sections[name], name) for name, cls in _SECTIONS.items()}
+    agents = _default_agents()
+    for name, raw in dict(data.get("agents", {})).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"agents.{name}: must be a table")
+        agents[name] = _build_section(AgentProfileSettings, raw, f"agents.{name}")
+    default_agent = data.get("default_agent", DEFAULT_PROFILE)
+    if not isinstance(default_agent, str):
+        raise ConfigError("default_agent: must be a string")
+    return Settings(agents=agents, default_agent=default_agent, **built)

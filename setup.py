@@ -1,0 +1,146 @@
+"""Build script: generates the gRPC code from proto/ and compiles native/.
+
+Generated code lands in server/antiphon/v1/ (package ``antiphon.v1``, the same
+path as the proto package) and is never edited by hand or committed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import Command, Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).parent.resolve()
+PROTO_ROOT = ROOT / "proto"
+OUT_ROOT = ROOT / "server"
+GENERATED_PACKAGE = OUT_ROOT / "antiphon" / "v1"
+
+# Each native module: (extension name, source). The pure-Python twin lives in
+# server/antiphon/native/ and is used when the extension is missing or
+# ANTIPHON_NO_EXTENSIONS=1.
+NATIVE_MODULES = [
+    ("antiphon.native._g711", "native/_g711.pyx"),
+]
+
+
+class BuildProto(Command):
+    """Generate Python protobuf/gRPC modules (and .pyi stubs) from proto/."""
+
+    description = "generate gRPC code from proto/"
+    user_options: list[tuple[str, str | None, str]] = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        import grpc_tools
+        from grpc_tools import protoc
+
+        protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+        GENERATED_PACKAGE.mkdir(parents=True, exist_ok=True)
+        well_known = str(Path(grpc_tools.__file__).parent / "_proto")
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
+            f"--python_out={OUT_ROOT}",
+            f"--grpc_python_out={OUT_ROOT}",
+        ]
+        plugin = Path(sys.executable).parent / "protoc-gen-mypy"
+        if plugin.exists():  # .pyi stubs for mypy; the dev extra installs mypy-protobuf
+            args += [
+                f"--plugin=protoc-gen-mypy={plugin}",
+                f"--plugin=protoc-gen-mypy_grpc={plugin.with_name('protoc-gen-mypy_grpc')}",
+                f"--mypy_out={OUT_ROOT}",
+                f"--mypy_grpc_out={OUT_ROOT}",
+            ]
+        code = protoc.main(args + protos)
+        if code != 0:
+            raise RuntimeError(f"protoc failed with exit code {code}")
+        init = GENERATED_PACKAGE / "__init__.py"
+        init.write_text('"""Generated from proto/antiphon/v1 by setup.py; do not edit."""\n')
+        (GENERATED_PACKAGE / "py.typed").write_text("")
+
+
+class BuildPyWithProto(build_py):
+    def run(self) -> None:
+        self.run_command("build_proto")
+        super().run()
+
+
+class BuildExtWithProto(build_ext):
+    def run(self) -> None:
+        self.run_command("build_proto")
+        super().run()
+
+
+def _extensions() -> list[Extension]:
+    if os.environ.get("ANTIPHON_NO_EXTENSIONS") == "1":
+        return []
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(name, [src], extra_compile_args=["-O3"], include_dirs=["native"])
+        for name, src in NATIVE_MODULES
+    ]
+    return cythonize(
+        exts,
+        include_path=["native"],
+        compiler_directives={"language_level": "3", "embedsignature": True},
+    )
+
+
+setup(
+    name="antiphon",
+    version="0.1.0",
+    description="Low-latency gRPC server for voice and text AI agents",
+    python_requires=">=3.11,<3.12",
+    package_dir={"": "server", "antiphon_client": "clients/python/antiphon_client"},
+    packages=[*find_packages("server"), "antiphon_client"],
+    package_data={"antiphon": ["py.typed", "v1/*.pyi", "v1/py.typed", "native/*.pyi"]},
+    ext_modules=_extensions(),
+    cmdclass={"build_proto": BuildProto, "build_py": BuildPyWithProto, "build_ext": BuildExtWithProto},
+    install_requires=[
+        "grpcio==1.85.*",
+        "grpcio-health-checking==1.81.1",
+        "grpcio-reflection==1.81.1",
+        "protobuf==6.33.*",
+        "uvloop>=0.21",
+        "numpy>=1.26",
+        "onnxruntime-genai==0.18.*",
+        "opentelemetry-api>=1.30",
+        "opentelemetry-sdk>=1.30",
+        "opentelemetry-exporter-otlp-proto-grpc>=1.30",
+        "prometheus-client>=0.20",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": [
+            "grpcio-tools==1.81.1",
+            "mypy-protobuf>=3.6",
+            "types-protobuf",
+            "Cython>=3.0",
+            "pytest>=8",
+            "pytest-asyncio>=0.24",
+            "mypy>=1.10",
+            "ruff>=0.6",
+        ],
+        # Only `antiphon models prepare` imports these; the server never does.
+        "prepare": [
+            "torch==2.13.0",
+            "transformers",
+            "gguf",
+            "accelerate",
+            "onnx",
+        ],
+        "triton": ["tritonclient[grpc]==2.73.0"],
+    },
+    entry_points={"console_scripts": ["antiphon=antiphon.cli:main"]},
+)

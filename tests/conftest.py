@@ -1,0 +1,66 @@
+"""Shared fixtures: a real server on a free loopback port, and leaked-task detection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from antiphon.app import App
+from antiphon.config import Settings, load_settings
+from tests.fakes import FakeLLM
+
+
+@pytest.fixture(autouse=True)
+async def fail_on_leaked_tasks() -> AsyncIterator[None]:
+    """A test that leaves tasks running fails: dropped tasks hide cancellation bugs."""
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    # grpc.aio keeps internal tasks alive briefly after a channel or server closes.
+    leaked = [t for t in leaked if "grpc" not in repr(t.get_coro())]
+    if leaked:
+        for task in leaked:
+            task.cancel()
+        pytest.fail(f"leaked tasks: {[t.get_name() + ' ' + repr(t.get_coro()) for t in leaked]}")
+
+
+def test_settings(**sections: dict[str, object]) -> Settings:
+    env = {"ANTIPHON_SERVER_PORT": "0", "ANTIPHON_TELEMETRY_METRICS_PORT": "0"}
+    for section, values in sections.items():
+        for key, value in values.items():
+            env[f"ANTIPHON_{section.upper()}_{key.upper()}"] = str(value)
+    return load_settings(None, env)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+class RunningServer:
+    def __init__(self, app: App, channel: grpc.aio.Channel) -> None:
+        self.app = app
+        self.channel = channel
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.app.port}"
+
+
+@pytest.fixture
+def fake_llm() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture
+async def server(fake_llm: FakeLLM) -> AsyncIterator[RunningServer]:
+    app = App(test_settings(), llm=fake_llm)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        yield RunningServer(app, channel)
+    finally:
+        await channel.close()
+        await app.stop(grace_s=1.0)

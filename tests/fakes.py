@@ -1,0 +1,94 @@
+"""Test doubles that implement the real interfaces (used by unit and API tests only)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from antiphon.inference.llm import (
+    LLM,
+    ChatMessage,
+    FinishReason,
+    GenerationStats,
+    LLMStream,
+    ModelDescription,
+    SamplingOptions,
+)
+from antiphon.inference.stop_strings import StopMatcher
+
+
+class FakeLLM(LLM):
+    """Answers with a scripted list of tokens.
+
+    ``gate``: when set, the stream waits on it after the first token, so a test
+    can act (interrupt, disconnect, shut down) while a turn is provably running.
+    """
+
+    def __init__(self, tokens: Sequence[str] = ("Hello", ",", " world", "."), *, fail_with: Exception | None = None) -> None:
+        self.tokens = list(tokens)
+        self.gate: asyncio.Event | None = None
+        self.fail_with = fail_with
+        self.prompts: list[list[ChatMessage]] = []
+        self.started = asyncio.Event()
+        self.produced = 0
+        self.closed_streams = 0
+
+    @property
+    def description(self) -> ModelDescription:
+        return ModelDescription("fake", "fake", "", "none", 8192)
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m.content.split()) + 4 for m in messages) + 3
+
+    def chat(self, messages: Sequence[ChatMessage], options: SamplingOptions) -> LLMStream:
+        self.prompts.append(list(messages))
+        return _FakeStream(self, messages, options)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _FakeStream(LLMStream):
+    def __init__(self, llm: FakeLLM, messages: Sequence[ChatMessage], options: SamplingOptions) -> None:
+        self._llm = llm
+        self._options = options
+        self.stats = GenerationStats(input_tokens=llm.count_tokens(messages))
+        self._agen: AsyncIterator[str] | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._agen is None:
+            self._agen = self._run()
+        return self._agen
+
+    async def aclose(self) -> None:
+        self._llm.closed_streams += 1
+        if self.stats.finish_reason is None:
+            self.stats.finish_reason = FinishReason.CANCELLED
+        if self._agen is not None:
+            await self._agen.aclose()  # type: ignore[attr-defined]
+
+    async def _run(self) -> AsyncIterator[str]:
+        llm = self._llm
+        llm.started.set()
+        if llm.fail_with is not None:
+            raise llm.fail_with
+        matcher = StopMatcher(self._options.stop)
+        for i, token in enumerate(llm.tokens[: self._options.max_tokens]):
+            await asyncio.sleep(0)
+            if i == 1 and llm.gate is not None:
+                await llm.gate.wait()
+            self.stats.output_tokens += 1
+            llm.produced += 1
+            if self.stats.first_token_s is None:
+                self.stats.first_token_s = 0.001
+            out = matcher.feed(token)
+            if out:
+                yield out
+            if matcher.stopped:
+                self.stats.finish_reason = FinishReason.COMPLETED
+                return
+        tail = matcher.flush()
+        if tail:
+            yield tail
+        over = len(llm.tokens) > self._options.max_tokens
+        self.stats.finish_reason = FinishReason.MAX_TOKENS if over else FinishReason.COMPLETED
