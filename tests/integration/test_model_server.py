@@ -1,0 +1,139 @@
+"""The real server and the real model (SmolLM2 int8 via onnxruntime-genai), through the generated stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from antiphon.app import App
+from antiphon.inference.llm import LLM, ChatMessage, FinishReason, SamplingOptions
+from antiphon.v1 import conversation_pb2, conversation_pb2_grpc
+from antiphon.v1 import events_pb2 as pb
+from antiphon_client import AntiphonClient
+from tests.integration.conftest import REPO, models_dir, require_model
+
+GREEDY = pb.GenerationOptions(greedy=True, max_tokens=12)
+
+
+async def test_backend_streams_and_counts(real_llm: LLM) -> None:
+    stream = real_llm.chat(
+        [ChatMessage("user", "What is the capital of France? Answer in one word.")],
+        SamplingOptions(max_tokens=8, greedy=True),
+    )
+    pieces = [p async for p in stream]
+    assert pieces
+    assert "Paris" in "".join(pieces)
+    assert stream.stats.output_tokens <= 8
+    assert stream.stats.input_tokens == real_llm.count_tokens(
+        [ChatMessage("user", "What is the capital of France? Answer in one word.")]
+    )
+    assert stream.stats.finish_reason in (FinishReason.COMPLETED, FinishReason.MAX_TOKENS)
+
+
+async def test_seeded_sampling_is_reproducible(real_llm: LLM) -> None:
+    options = SamplingOptions(max_tokens=10, temperature=1.0, top_p=0.95, seed=42)
+    messages = [ChatMessage("user", "Tell me a word.")]
+    first = "".join([p async for p in real_llm.chat(messages, options)])
+    second = "".join([p async for p in real_llm.chat(messages, options)])
+    assert first == second
+
+
+async def test_cancel_stops_within_a_token(real_llm: LLM) -> None:
+    stream = real_llm.chat([ChatMessage("user", "Count from one to one hundred.")], SamplingOptions(max_tokens=200))
+    n = 0
+    async for _ in stream:
+        n += 1
+        if n == 3:
+            break
+    await stream.aclose()
+    assert stream.stats.finish_reason is FinishReason.CANCELLED
+    assert stream.stats.output_tokens <= 4
+
+
+async def test_multi_turn_conversation(real_app: App) -> None:
+    async with AntiphonClient(f"127.0.0.1:{real_app.port}") as client:
+        conv = await client.conversation(generation=GREEDY)
+        first = await conv.turn("My name is Ada.")
+        second = await conv.turn("What is my name?")
+        await conv.end()
+    for result in (first, second):
+        assert result.turn_end is not None
+        assert result.turn_end.usage.output_tokens > 0
+        assert result.turn_end.latency.first_token_ms > 0
+        assert result.text
+    assert second.turn_end is not None and first.turn_end is not None
+    # The second prompt carries the first exchange.
+    assert second.turn_end.usage.input_tokens > first.turn_end.usage.input_tokens + 5
+
+
+async def test_concurrent_sessions_all_progress(real_app: App) -> None:
+    async def one(i: int) -> int:
+        async with AntiphonClient(f"127.0.0.1:{real_app.port}") as client:
+            n = 0
+            async for event in client.send(f"Say the number {i}.", generation=GREEDY):
+                n += event.HasField("agent_text")
+            return n
+
+    counts = await asyncio.gather(*(one(i) for i in range(4)))
+    assert all(c > 0 for c in counts)
+
+
+async def test_client_cancel_frees_the_model(real_app: App) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{real_app.port}")
+    stub = conversation_pb2_grpc.ConversationStub(channel)
+    call = stub.Send(conversation_pb2.TextRequest(text="Write a long story.", generation=pb.GenerationOptions(max_tokens=500)))
+    assert (await call.read()).HasField("session_started")
+    assert (await call.read()).HasField("agent_text")
+    call.cancel()
+    await channel.close()
+    # The next turn is served promptly: nobody is still decoding 500 tokens.
+    async with AntiphonClient(f"127.0.0.1:{real_app.port}") as client:
+        events = [e async for e in client.send("Hi", generation=pb.GenerationOptions(max_tokens=4, greedy=True))]
+    end = events[-1].turn_end
+    assert end.latency.queue_ms < 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_cli_serve_drains_on_sigterm() -> None:
+    """`antiphon serve` as users run it: SIGTERM lets the open turn finish, then exits 0."""
+    require_model()
+    port = _free_port()
+    env = dict(os.environ, ANTIPHON_TELEMETRY_METRICS_PORT="0", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir())],
+        env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        async with AntiphonClient(f"127.0.0.1:{port}") as client:
+            await client.wait_ready(60)
+            conv = await client.conversation(generation=pb.GenerationOptions(greedy=True, max_tokens=40))
+            await conv.say("Describe the sea in two sentences.")
+            events = conv.events()
+            assert (await anext(events)).HasField("agent_text")
+            proc.send_signal(signal.SIGTERM)
+            rest = []
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for event in events:
+                    rest.append(event)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert rest[-1].HasField("turn_end")
+            assert rest[-1].turn_end.reason in (pb.TurnEnd.REASON_COMPLETED, pb.TurnEnd.REASON_MAX_TOKENS)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        logs = proc.stderr.read() if proc.stderr else ""
+        assert '"session_id"' in logs  # structured logs carry the session
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
