@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Command, Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -31,7 +32,7 @@ class BuildProto(Command):
     """Generate Python protobuf/gRPC modules (and .pyi stubs) from proto/."""
 
     description = "generate gRPC code from proto/"
-    user_options: list[tuple[str, str | None, str]] = []
+    user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
         pass
@@ -86,10 +87,7 @@ def _extensions() -> list[Extension]:
         return []
     from Cython.Build import cythonize
 
-    exts = [
-        Extension(name, [src], extra_compile_args=["-O3"], include_dirs=["native"])
-        for name, src in NATIVE_MODULES
-    ]
+    exts = [Extension(name, [src], extra_compile_args=["-O3"], include_dirs=["native"]) for name, src in NATIVE_MODULES]
     return cythonize(
         exts,
         include_path=["native"],

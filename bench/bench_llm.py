@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _table import median, print_table, write_json  # noqa: E402
-
-from antiphon.inference.chat_template import render_chatml  # noqa: E402
-from antiphon.inference.llm import ChatMessage, SamplingOptions  # noqa: E402
-from antiphon.inference.onnx_llm import OnnxGenaiLLM  # noqa: E402
+from _table import median, print_table, write_json
+from antiphon.inference.chat_template import render_chatml
+from antiphon.inference.llm import ChatMessage, SamplingOptions
+from antiphon.inference.onnx_llm import OnnxGenaiLLM
 
 FILLER = "The quick brown fox jumps over the lazy dog near the river bank. "
 
@@ -84,7 +83,10 @@ async def main() -> None:
         o_ttft, o_tps = median([x[0] for x in mine]), median([x[1] for x in mine])
         rows.append([size, "bare onnxruntime-genai", b_ttft * 1000, b_tps, 1.0])
         rows.append([size, "antiphon OnnxGenaiLLM", o_ttft * 1000, o_tps, o_tps / b_tps])
-        data[str(size)] = {"bare": {"ttft_ms": b_ttft * 1000, "tok_s": b_tps}, "ours": {"ttft_ms": o_ttft * 1000, "tok_s": o_tps}}
+        data[str(size)] = {
+            "bare": {"ttft_ms": b_ttft * 1000, "tok_s": b_tps},
+            "ours": {"ttft_ms": o_ttft * 1000, "tok_s": o_tps},
+        }
     print_table(
         f"LLM {llm.description.name}, greedy, {args.new_tokens} new tokens, median of {args.runs}",
         ["prompt tokens", "path", "first token ms", "decode tok/s", "tok/s vs bare"],

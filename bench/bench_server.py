@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _table import median, pct, print_table, write_json  # noqa: E402
-
-from antiphon.v1 import events_pb2 as pb  # noqa: E402
-from antiphon_client import AntiphonClient  # noqa: E402
+from _table import median, pct, print_table, write_json
+from antiphon.v1 import events_pb2 as pb
+from antiphon_client import AntiphonClient
 
 QUESTIONS = ["Name a colour.", "What is two plus two?", "Say hello.", "Name a fruit."]
 
@@ -60,8 +59,9 @@ async def session(address: str, idx: int, turns: int, max_tokens: int) -> list[d
     return out
 
 
-async def run(address: str, turns: int, max_tokens: int) -> tuple[list[list], dict[str, object]]:
-    rows, data = [], {}
+async def run(address: str, turns: int, max_tokens: int) -> tuple[list[list[object]], dict[str, object]]:
+    rows: list[list[object]] = []
+    data: dict[str, object] = {}
     for concurrency in (1, 4, 16):
         results = await asyncio.gather(*(session(address, i, turns, max_tokens) for i in range(concurrency)))
         flat = [r for rs in results for r in rs]
@@ -98,7 +98,7 @@ def main() -> None:
     try:
         address = f"127.0.0.1:{port}"
 
-        async def go() -> tuple[list[list], dict[str, object]]:
+        async def go() -> tuple[list[list[object]], dict[str, object]]:
             async with AntiphonClient(address) as client:
                 await client.wait_ready(60)
                 async for _ in client.send("warm up", generation=pb.GenerationOptions(max_tokens=4)):
@@ -111,8 +111,16 @@ def main() -> None:
         proc.wait(30)
     print_table(
         f"Server overhead per turn (Send, greedy, max_tokens={args.max_tokens}, {args.turns} turns per session)",
-        ["sessions", "turns", "client ms p50", "model ms p50", "overhead ms p50", "overhead ms p99",
-         "in-server ms p50", "fairness min/max tok/s"],
+        [
+            "sessions",
+            "turns",
+            "client ms p50",
+            "model ms p50",
+            "overhead ms p50",
+            "overhead ms p99",
+            "in-server ms p50",
+            "fairness min/max tok/s",
+        ],
         rows,
     )
     write_json(args.json, data)

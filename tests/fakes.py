@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from antiphon.inference.llm import (
     LLM,
@@ -24,7 +24,9 @@ class FakeLLM(LLM):
     can act (interrupt, disconnect, shut down) while a turn is provably running.
     """
 
-    def __init__(self, tokens: Sequence[str] = ("Hello", ",", " world", "."), *, fail_with: Exception | None = None) -> None:
+    def __init__(
+        self, tokens: Sequence[str] = ("Hello", ",", " world", "."), *, fail_with: Exception | None = None
+    ) -> None:
         self.tokens = list(tokens)
         self.gate: asyncio.Event | None = None
         self.fail_with = fail_with
@@ -53,7 +55,7 @@ class _FakeStream(LLMStream):
         self._llm = llm
         self._options = options
         self.stats = GenerationStats(input_tokens=llm.count_tokens(messages))
-        self._agen: AsyncIterator[str] | None = None
+        self._agen: AsyncGenerator[str, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._agen is None:
@@ -65,9 +67,9 @@ class _FakeStream(LLMStream):
         if self.stats.finish_reason is None:
             self.stats.finish_reason = FinishReason.CANCELLED
         if self._agen is not None:
-            await self._agen.aclose()  # type: ignore[attr-defined]
+            await self._agen.aclose()
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         llm = self._llm
         llm.started.set()
         if llm.fail_with is not None:

@@ -25,8 +25,16 @@ from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.inference.llm import LLM
 from antiphon.telemetry.metrics import Metrics
 from antiphon.telemetry.tracing import setup_tracing
-from antiphon.v1 import admin_pb2, admin_pb2_grpc, context_pb2, context_pb2_grpc, conversation_pb2
-from antiphon.v1 import conversation_pb2_grpc, tools_pb2, tools_pb2_grpc
+from antiphon.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    context_pb2,
+    context_pb2_grpc,
+    conversation_pb2,
+    conversation_pb2_grpc,
+    tools_pb2,
+    tools_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +90,10 @@ class App:
         if self._llm is None:
             t0 = time.perf_counter()
             self._llm = await asyncio.get_running_loop().run_in_executor(None, load_llm, s)
-            log.info("model loaded", extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)})
+            log.info(
+                "model loaded",
+                extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)},
+            )
         runner = TurnRunner(self._llm, self.sessions, self.metrics, context_tokens=s.generation.context_tokens)
         services = Services(s, ProfileRegistry(s), self.sessions, runner)
 

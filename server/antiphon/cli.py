@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models-dir")
     serve.set_defaults(func=cmd_serve)
 
-    models = sub.add_parser("models", help="prepare and list models").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="prepare and list models").add_subparsers(
+        dest="models_command", required=True
+    )
     prepare = models.add_parser("prepare", help="convert the packaged model weights for the embedded backend")
     prepare.add_argument("--models-dir")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")

@@ -158,7 +158,9 @@ class Settings:
         _require(bool(self.agents), "agents", "at least one agent profile is required")
         _require(self.default_agent in self.agents, "default_agent", f"no profile named {self.default_agent!r}")
         for name, profile in self.agents.items():
-            _require(bool(re.fullmatch(r"[a-z0-9_-]{1,64}", name)), f"agents.{name}", "name must match [a-z0-9_-]{1,64}")
+            _require(
+                bool(re.fullmatch(r"[a-z0-9_-]{1,64}", name)), f"agents.{name}", "name must match [a-z0-9_-]{1,64}"
+            )
             _require(0 <= profile.temperature <= 2, f"agents.{name}.temperature", "must be in [0, 2]")
             _require(
                 0 <= profile.max_tokens <= self.generation.max_tokens_limit,

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 import grpc
@@ -68,7 +67,8 @@ async def test_multi_turn_conversation(real_app: App) -> None:
         assert result.turn_end.usage.output_tokens > 0
         assert result.turn_end.latency.first_token_ms > 0
         assert result.text
-    assert second.turn_end is not None and first.turn_end is not None
+    assert second.turn_end is not None
+    assert first.turn_end is not None
     # The second prompt carries the first exchange.
     assert second.turn_end.usage.input_tokens > first.turn_end.usage.input_tokens + 5
 
@@ -88,7 +88,9 @@ async def test_concurrent_sessions_all_progress(real_app: App) -> None:
 async def test_client_cancel_frees_the_model(real_app: App) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{real_app.port}")
     stub = conversation_pb2_grpc.ConversationStub(channel)
-    call = stub.Send(conversation_pb2.TextRequest(text="Write a long story.", generation=pb.GenerationOptions(max_tokens=500)))
+    call = stub.Send(
+        conversation_pb2.TextRequest(text="Write a long story.", generation=pb.GenerationOptions(max_tokens=500))
+    )
     assert (await call.read()).HasField("session_started")
     assert (await call.read()).HasField("agent_text")
     call.cancel()
@@ -111,9 +113,11 @@ async def test_cli_serve_drains_on_sigterm() -> None:
     require_model()
     port = _free_port()
     env = dict(os.environ, ANTIPHON_TELEMETRY_METRICS_PORT="0", PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir())],
-        env=env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir())),
+        env=env,
+        cwd=REPO,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with AntiphonClient(f"127.0.0.1:{port}") as client:
@@ -130,10 +134,10 @@ async def test_cli_serve_drains_on_sigterm() -> None:
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert rest[-1].HasField("turn_end")
             assert rest[-1].turn_end.reason in (pb.TurnEnd.REASON_COMPLETED, pb.TurnEnd.REASON_MAX_TOKENS)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-        logs = proc.stderr.read() if proc.stderr else ""
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        logs = (await proc.stderr.read()).decode() if proc.stderr else ""
         assert '"session_id"' in logs  # structured logs carry the session
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from antiphon.app import App
 from antiphon.errors import Unavailable
-from antiphon.v1 import admin_pb2, admin_pb2_grpc, context_pb2, context_pb2_grpc, conversation_pb2
-from antiphon.v1 import conversation_pb2_grpc
+from antiphon.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    context_pb2,
+    context_pb2_grpc,
+    conversation_pb2,
+    conversation_pb2_grpc,
+)
 from antiphon.v1 import events_pb2 as pb
 from antiphon_client import AntiphonClient
 from antiphon_client.client import collect_turn
@@ -130,7 +137,7 @@ async def test_second_stream_on_same_session_is_refused(server: RunningServer) -
     assert await first.code() == grpc.StatusCode.OK
 
 
-async def _reader(call: grpc.aio.StreamStreamCall) -> object:  # type: ignore[type-arg]
+async def _reader(call: grpc.aio.StreamStreamCall) -> AsyncIterator[pb.ServerEvent]:
     while (event := await call.read()) is not grpc.aio.EOF:
         yield event
 

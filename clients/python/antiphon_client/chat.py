@@ -44,7 +44,8 @@ def _print_event(event: pb.ServerEvent, stats: bool) -> None:
         if stats:
             end = event.turn_end
             print(
-                f"[{pb.TurnEnd.Reason.Name(end.reason)} tokens in={end.usage.input_tokens} out={end.usage.output_tokens}"
+                f"[{pb.TurnEnd.Reason.Name(end.reason)}"
+                f" tokens in={end.usage.input_tokens} out={end.usage.output_tokens}"
                 f" first_token={end.latency.first_token_ms:.0f}ms total={end.latency.total_ms:.0f}ms]",
                 file=sys.stderr,
             )

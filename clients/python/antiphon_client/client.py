@@ -84,7 +84,7 @@ class AntiphonClient:
 class Conversation:
     """A Converse stream: write text, interrupt, and read events in order."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+    def __init__(self, call: grpc.aio.StreamStreamCall) -> None:
         self._call = call
         self.session_id = ""
         self.started: pb.SessionStarted | None = None
@@ -138,6 +138,6 @@ async def collect_turn(events: AsyncIterator[pb.ServerEvent]) -> TurnResult:
     return result
 
 
-async def _events(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[pb.ServerEvent]:  # type: ignore[type-arg]
+async def _events(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[pb.ServerEvent]:
     async for event in call:
         yield event

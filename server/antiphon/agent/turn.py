@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from antiphon.agent.profiles import AgentProfile
 from antiphon.context.sessions import SessionStore, TurnRecord
@@ -122,7 +122,7 @@ class TurnRunner:
         m.turn_duration.observe(time.perf_counter() - state.started)
 
 
-def _request_attributes(span: tr.trace.Span, provider: str, model: str, options: SamplingOptions) -> None:
+def _request_attributes(span: Span, provider: str, model: str, options: SamplingOptions) -> None:
     span.set_attribute(tr.OPERATION, "chat")
     span.set_attribute(tr.PROVIDER, provider)
     span.set_attribute(tr.REQUEST_MODEL, model)
@@ -134,7 +134,7 @@ def _request_attributes(span: tr.trace.Span, provider: str, model: str, options:
         span.set_attribute(tr.REQUEST_SEED, options.seed)
 
 
-def _usage_attributes(span: tr.trace.Span, stats: GenerationStats) -> None:
+def _usage_attributes(span: Span, stats: GenerationStats) -> None:
     span.set_attribute(tr.USAGE_INPUT_TOKENS, stats.input_tokens)
     span.set_attribute(tr.USAGE_OUTPUT_TOKENS, stats.output_tokens)
     if stats.finish_reason is not None:

@@ -21,7 +21,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         d = self._llm.description
         return apb.ListModelsResponse(
             models=[
-                apb.ModelInfo(capability="llm", name=d.name, backend=d.backend, path=d.path, quantization=d.quantization)
+                apb.ModelInfo(
+                    capability="llm", name=d.name, backend=d.backend, path=d.path, quantization=d.quantization
+                )
             ]
         )
 

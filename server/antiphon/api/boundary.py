@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -25,12 +25,12 @@ async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str,
 
 
 async def guard_stream(
-    events: AsyncIterator[T], context: grpc.aio.ServicerContext, method: str, metrics: Metrics
+    events: AsyncGenerator[T, None], context: grpc.aio.ServicerContext, method: str, metrics: Metrics
 ) -> AsyncIterator[T]:
     """Run a server-streaming handler; map its errors to a status once, here."""
     try:
         # aclosing: a cancelled client must unwind the handler now, not whenever GC runs.
-        async with contextlib.aclosing(events) as handler:  # type: ignore[type-var]
+        async with contextlib.aclosing(events) as handler:
             async for event in handler:
                 yield event
     except grpc.aio.AbortError:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Literal
 
 import grpc
 
@@ -20,7 +21,12 @@ from antiphon.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-_VOICE_FIELDS = ("input_audio", "output_audio", "vad", "barge_in")
+_VOICE_FIELDS: tuple[Literal["input_audio", "output_audio", "vad", "barge_in"], ...] = (
+    "input_audio",
+    "output_audio",
+    "vad",
+    "barge_in",
+)
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
@@ -42,7 +48,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
         async for event in guard_stream(self._send(request), context, "Send", self._metrics):
             yield event
 
-    async def _converse(self, requests: AsyncIterator[pb.ClientEvent]) -> AsyncIterator[pb.ServerEvent]:
+    async def _converse(self, requests: AsyncIterator[pb.ClientEvent]) -> AsyncGenerator[pb.ServerEvent, None]:
         async with self._streams.open():
             first = await anext(aiter(requests), None)
             if first is None:
@@ -86,7 +92,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             elif kind == "audio":
                 await session.report(Unimplemented("audio: voice is not available on this server version"))
             elif kind == "tool_result":
-                await session.report(FailedPrecondition(f"tool_result: no tool call {event.tool_result.call_id!r} is pending"))
+                await session.report(
+                    FailedPrecondition(f"tool_result: no tool call {event.tool_result.call_id!r} is pending")
+                )
             else:
                 await session.report(InvalidArgument("event: empty ClientEvent"))
         # end_of_input, or the client half-closed: finish what was asked, then end.
@@ -96,7 +104,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
         await self._streams.draining.wait()
         await session.end_input()
 
-    async def _send(self, request: cpb.TextRequest) -> AsyncIterator[pb.ServerEvent]:
+    async def _send(self, request: cpb.TextRequest) -> AsyncGenerator[pb.ServerEvent, None]:
         async with self._streams.open():
             if not request.text.strip():
                 raise InvalidArgument("text: must not be empty")

@@ -36,9 +36,7 @@ class EventWriter:
         return self.event(turn_id, agent_text=pb.AgentText(delta=delta))
 
     def error(self, exc: AntiphonError, turn_id: str = "") -> pb.ServerEvent:
-        return self.event(
-            turn_id, error=pb.Error(code=exc.code.value[0], message=exc.message, retryable=exc.retryable)
-        )
+        return self.event(turn_id, error=pb.Error(code=exc.code.value[0], message=exc.message, retryable=exc.retryable))
 
     def turn_end(self, state: TurnState, *, failed: bool = False) -> pb.ServerEvent:
         stats = state.stats
@@ -69,8 +67,11 @@ def requested_options(msg: pb.GenerationOptions) -> RequestedOptions:
 
 def generation_message(options: SamplingOptions) -> pb.GenerationOptions:
     msg = pb.GenerationOptions(
-        temperature=options.temperature, top_p=options.top_p, max_tokens=options.max_tokens,
-        stop=list(options.stop), greedy=options.greedy,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        max_tokens=options.max_tokens,
+        stop=list(options.stop),
+        greedy=options.greedy,
     )
     if options.seed is not None:
         msg.seed = options.seed

@@ -154,4 +154,3 @@ class StreamSession:
             },
         )
         turn_id_var.set("")
-

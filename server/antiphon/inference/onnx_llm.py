@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,10 @@ class OnnxGenaiLLM(LLM):
     @property
     def description(self) -> ModelDescription:
         return ModelDescription(
-            name=LLM_MODEL_NAME, backend="onnx", path=str(self._dir), quantization="int8",
+            name=LLM_MODEL_NAME,
+            backend="onnx",
+            path=str(self._dir),
+            quantization="int8",
             context_tokens=self._max_context,
         )
 
@@ -73,7 +76,7 @@ class OnnxGenaiLLM(LLM):
         return self._tokenizer.encode(text)
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return int(len(self._tokenizer.encode(render_chatml(messages))))
+        return len(self._tokenizer.encode(render_chatml(messages)))
 
     def chat(self, messages: Sequence[ChatMessage], options: SamplingOptions) -> LLMStream:
         if self._closed:
@@ -89,7 +92,7 @@ class OnnxGenaiLLM(LLM):
 
     def _new_generator(self, prompt: str, options: SamplingOptions) -> tuple[Any, Any, int]:
         tokens = self._tokenizer.encode(prompt)
-        n_in = int(len(tokens))
+        n_in = len(tokens)
         if n_in + 1 > self._max_context:
             raise _PromptTooLong(n_in, self._max_context)
         params = self._og.GeneratorParams(self._model)
@@ -128,7 +131,7 @@ class _OnnxStream(LLMStream):
         self._options = options
         self._cancelled = False
         self.stats = GenerationStats()
-        self._agen: AsyncIterator[str] | None = None
+        self._agen: AsyncGenerator[str, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._agen is None:
@@ -140,7 +143,7 @@ class _OnnxStream(LLMStream):
         if self.stats.finish_reason is None:
             self.stats.finish_reason = FinishReason.CANCELLED
         if self._agen is not None:
-            await self._agen.aclose()  # type: ignore[attr-defined]
+            await self._agen.aclose()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         """Run one job on the model pool; account queue and model time."""
@@ -162,13 +165,11 @@ class _OnnxStream(LLMStream):
         self.stats.model_s += ended - started
         return result
 
-    async def _run(self) -> AsyncIterator[str]:
+    async def _run(self) -> AsyncGenerator[str, None]:
         t0 = time.perf_counter()
         stats, options = self.stats, self._options
         try:
-            generator, detok, stats.input_tokens = await self._call(
-                self._llm._new_generator, self._prompt, options
-            )
+            generator, detok, stats.input_tokens = await self._call(self._llm._new_generator, self._prompt, options)
         except _PromptTooLong as exc:
             raise InvalidArgument(str(exc)) from None
         except _MODEL_ERRORS as exc:
