@@ -144,6 +144,7 @@ class App:
         self._server = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._llm is not None:
             await self._llm.aclose()
         await self.sessions.aclose()

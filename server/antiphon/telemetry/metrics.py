@@ -25,17 +25,28 @@ class Metrics:
         registry = CollectorRegistry()
         return cls(
             registry=registry,
-            turns=Counter("antiphon_turns", "Agent turns by profile and end reason", ["agent", "reason"], registry=registry),
-            tokens=Counter("antiphon_llm_tokens", "LLM tokens by direction (input|output)", ["direction"], registry=registry),
+            turns=Counter(
+                "antiphon_turns", "Agent turns by profile and end reason", ["agent", "reason"], registry=registry
+            ),
+            tokens=Counter(
+                "antiphon_llm_tokens", "LLM tokens by direction (input|output)", ["direction"], registry=registry
+            ),
             time_to_first_token=Histogram(
-                "antiphon_time_to_first_token_seconds", "Turn start to the first agent_text sent",
-                buckets=_LATENCY_BUCKETS_S, registry=registry,
+                "antiphon_time_to_first_token_seconds",
+                "Turn start to the first agent_text sent",
+                buckets=_LATENCY_BUCKETS_S,
+                registry=registry,
             ),
             turn_duration=Histogram(
-                "antiphon_turn_duration_seconds", "Turn start to turn_end", buckets=_LATENCY_BUCKETS_S, registry=registry
+                "antiphon_turn_duration_seconds",
+                "Turn start to turn_end",
+                buckets=_LATENCY_BUCKETS_S,
+                registry=registry,
             ),
             active_streams=Gauge("antiphon_active_streams", "Open Converse and Send streams", registry=registry),
-            rpc_errors=Counter("antiphon_rpc_errors", "RPCs ended with an error status", ["method", "code"], registry=registry),
+            rpc_errors=Counter(
+                "antiphon_rpc_errors", "RPCs ended with an error status", ["method", "code"], registry=registry
+            ),
         )
 
     def serve(self, host: str, port: int) -> Any:
