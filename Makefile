@@ -24,7 +24,7 @@ $(SETUP_STAMP): setup.py pyproject.toml
 
 build: $(BUILD_STAMP)
 
-$(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/*.pyx native/*.pxd) setup.py
+$(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/antiphon/native/*.pyx native/antiphon/native/*.pxd) setup.py
 	$(BIN)/python setup.py -q build_proto build_ext --inplace
 	mkdir -p build && touch $@
 

@@ -24,7 +24,7 @@ GENERATED_PACKAGE = OUT_ROOT / "antiphon" / "v1"
 # server/antiphon/native/ and is used when the extension is missing or
 # ANTIPHON_NO_EXTENSIONS=1.
 NATIVE_MODULES = [
-    ("antiphon.native._g711", "native/_g711.pyx"),
+    ("antiphon.native._g711", "native/antiphon/native/_g711.pyx"),
 ]
 
 
