@@ -54,4 +54,4 @@ bench: build models
 	$(BIN)/python bench/bench_codecs.py
 
 clean:
-	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/*.c
+	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/antiphon/native/*.c

