@@ -136,8 +136,9 @@ setup(
             "torch==2.13.0",
             "transformers",
             "gguf",
-            "accelerate",
+            "accelerate",  # transformers needs it to load a GGUF
             "onnx",
+            "onnx-ir",  # imported by onnxruntime-genai's model builder
         ],
         "triton": ["tritonclient[grpc]==2.73.0"],
     },
