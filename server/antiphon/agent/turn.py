@@ -7,6 +7,7 @@ text the user actually received.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import Span, Status, StatusCode
 
 from antiphon.agent.profiles import AgentProfile
-from antiphon.context.sessions import SessionStore, TurnRecord
+from antiphon.context.sessions import SessionStore, TurnRecord, TurnRole
 from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
 from antiphon.telemetry.metrics import Metrics
@@ -47,6 +48,11 @@ class TurnRunner:
         self._sessions = sessions
         self._metrics = metrics
         self._context_tokens = context_tokens
+        # History turns are re-counted every turn; tokenizing them once keeps that O(new text).
+        self._turn_tokens = functools.lru_cache(maxsize=8192)(self._count_turn)
+
+    def _count_turn(self, role: TurnRole, content: str) -> int:
+        return self._llm.count_tokens([ChatMessage(role, content)]) - 1  # minus the generation prompt's share
 
     async def build_messages(self, state: TurnState) -> list[ChatMessage]:
         """System prompt + the most recent turns that fit the token budget + the user's text."""
@@ -58,7 +64,7 @@ class TurnRunner:
         kept: list[ChatMessage] = []
         for turn in reversed(turns):
             message = ChatMessage(turn.role, turn.content)
-            cost = self._llm.count_tokens([message]) - 1  # minus the generation prompt's share
+            cost = self._turn_tokens(turn.role, turn.content)
             if cost > budget:
                 break
             budget -= cost

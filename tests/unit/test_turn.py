@@ -1,0 +1,55 @@
+"""Prompt building within the token budget, and what the history keeps."""
+
+from __future__ import annotations
+
+from antiphon.agent.profiles import AgentProfile
+from antiphon.agent.turn import TurnRunner, TurnState
+from antiphon.context.sessions import MemorySessionStore, TurnRecord
+from antiphon.inference.llm import SamplingOptions
+from antiphon.telemetry.metrics import Metrics
+from tests.fakes import FakeLLM
+
+PROFILE = AgentProfile("assistant", "Be brief.", SamplingOptions())
+
+
+async def _runner_with_history(turns: int, context_tokens: int) -> tuple[TurnRunner, MemorySessionStore]:
+    store = MemorySessionStore()
+    await store.create("s", "assistant")
+    for i in range(turns):
+        await store.append_turns("s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")])
+    return TurnRunner(FakeLLM(), store, Metrics.create(), context_tokens=context_tokens), store
+
+
+async def test_history_is_trimmed_from_the_oldest_turn() -> None:
+    runner, _ = await _runner_with_history(turns=20, context_tokens=60)
+    state = TurnState("s", PROFILE, SamplingOptions(max_tokens=10), "now")
+    messages = await runner.build_messages(state)
+    assert messages[0].role == "system"
+    assert messages[-1].content == "now"
+    history = messages[1:-1]
+    assert history
+    assert history[0].role == "user"  # never an orphan assistant reply first
+    assert history[-1].content == "answer 19"  # the most recent turns survive
+    assert state.dropped_turns == 40 - len(history)
+    assert FakeLLM().count_tokens(messages) + 10 <= 60 + 3
+
+
+async def test_everything_fits_in_a_large_budget() -> None:
+    runner, _ = await _runner_with_history(turns=3, context_tokens=4096)
+    state = TurnState("s", PROFILE, SamplingOptions(max_tokens=10), "now")
+    assert len(await runner.build_messages(state)) == 2 + 6
+    assert state.dropped_turns == 0
+
+
+async def test_completed_turn_is_recorded() -> None:
+    runner, store = await _runner_with_history(turns=0, context_tokens=4096)
+    state = TurnState("s", PROFILE, SamplingOptions(max_tokens=10), "hi")
+    sent: list[str] = []
+
+    async def sink(delta: str) -> None:
+        sent.append(delta)
+
+    await runner.run(state, sink)
+    record = await store.get("s")
+    assert record is not None
+    assert [(t.role, t.content) for t in record.turns] == [("user", "hi"), ("assistant", "".join(sent))]
