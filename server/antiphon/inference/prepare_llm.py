@@ -71,6 +71,7 @@ def locate_source() -> Path:
 
 def prepare_llm(models_dir: Path, *, force: bool = False, threads: int = 2, progress: bool = True) -> Path:
     """Build the int8 ONNX model under models_dir (idempotent) and return its directory."""
+    models_dir = models_dir.resolve()  # the builder runs in another cwd: relative paths would break
     target = llm_model_dir(models_dir)
     if not force and _is_current(target):  # Checked before locking: works on a read-only models dir.
         if _read_marker(target).get("threads") != threads:
