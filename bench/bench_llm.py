@@ -56,13 +56,14 @@ async def ours(llm: OnnxGenaiLLM, messages: list[ChatMessage], new_tokens: int) 
     t0 = time.perf_counter()
     stream = llm.chat(messages, SamplingOptions(max_tokens=new_tokens, greedy=True))
     first = 0.0
-    n = 0
+    first_tokens = 0
     async for _ in stream:
-        n += 1
-        if n == 1:
+        if not first:
             first = time.perf_counter() - t0
+            first_tokens = stream.stats.output_tokens
     total = time.perf_counter() - t0
-    return first, (n - 1) / (total - first) if n > 1 else 0.0
+    decoded = stream.stats.output_tokens - first_tokens
+    return first, decoded / (total - first) if decoded else 0.0
 
 
 async def main() -> None:

@@ -51,7 +51,11 @@ def load_llm(settings: Settings) -> LLM:
 
     m = settings.models
     return OnnxGenaiLLM.from_models_dir(
-        m.path, workers=m.llm_workers, threads=m.llm_threads, context_tokens=settings.generation.context_tokens
+        m.path,
+        workers=m.llm_workers,
+        threads=m.llm_threads,
+        context_tokens=settings.generation.context_tokens,
+        slice_ms=m.llm_slice_ms,
     )
 
 

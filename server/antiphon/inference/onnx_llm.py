@@ -37,7 +37,7 @@ _MODEL_ERRORS = (RuntimeError,)
 
 
 class OnnxGenaiLLM(LLM):
-    def __init__(self, model_dir: Path, *, workers: int = 1, context_tokens: int = 8192) -> None:
+    def __init__(self, model_dir: Path, *, workers: int = 1, context_tokens: int = 8192, slice_ms: int = 15) -> None:
         import onnxruntime_genai as og  # heavy native import, kept out of module import
 
         self._og: Any = og
@@ -50,9 +50,12 @@ class OnnxGenaiLLM(LLM):
         self._max_context = min(int(config["model"].get("context_length", 8192)), context_tokens)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
         self._closed = False
+        self._slice_s = slice_ms / 1000
 
     @classmethod
-    def from_models_dir(cls, models_dir: Path, *, workers: int, threads: int, context_tokens: int) -> OnnxGenaiLLM:
+    def from_models_dir(
+        cls, models_dir: Path, *, workers: int, threads: int, context_tokens: int, slice_ms: int = 15
+    ) -> OnnxGenaiLLM:
         if not is_llm_prepared(models_dir):
             raise ModelMissing(
                 f"LLM model {LLM_MODEL_NAME!r} is not prepared in {models_dir}: "
@@ -60,7 +63,7 @@ class OnnxGenaiLLM(LLM):
             )
         path = llm_model_dir(models_dir)
         _set_threads(path, threads)
-        return cls(path, workers=workers, context_tokens=context_tokens)
+        return cls(path, workers=workers, context_tokens=context_tokens, slice_ms=slice_ms)
 
     @property
     def description(self) -> ModelDescription:
@@ -175,23 +178,18 @@ class _OnnxStream(LLMStream):
         except _MODEL_ERRORS as exc:
             raise Unavailable(f"the language model failed: {exc}") from None
         matcher = StopMatcher(options.stop)
-        eos = self._llm._eos_ids
         while not self._cancelled:
             try:
-                token, piece, done = await self._call(_next_token, generator, detok, eos)
+                pieces, produced, reason = await self._call(self._decode_slice, generator, detok, matcher)
             except _MODEL_ERRORS as exc:
                 raise Unavailable(f"the language model failed: {exc}") from None
-            stats.output_tokens += 1
-            out = matcher.feed(piece)
-            if out:
+            stats.output_tokens += produced
+            if pieces:
                 if stats.first_token_s is None:
                     stats.first_token_s = time.perf_counter() - t0
-                yield out
-            if matcher.stopped or token in eos:
-                stats.finish_reason = FinishReason.COMPLETED
-                break
-            if done:
-                stats.finish_reason = FinishReason.MAX_TOKENS
+                yield "".join(pieces)
+            if reason is not None:
+                stats.finish_reason = reason
                 break
         tail = matcher.flush()
         if tail and not self._cancelled:
@@ -199,9 +197,32 @@ class _OnnxStream(LLMStream):
         if stats.finish_reason is None:
             stats.finish_reason = FinishReason.CANCELLED
 
+    def _decode_slice(
+        self, generator: Any, detok: Any, matcher: StopMatcher
+    ) -> tuple[list[str], int, FinishReason | None]:
+        """Decode tokens for one time slice (runs on a model thread).
 
-def _next_token(generator: Any, detok: Any, eos: frozenset[int]) -> tuple[int, str, bool]:
-    generator.generate_next_token()
-    token = int(generator.get_next_tokens()[0])
-    piece = "" if token in eos else str(detok.decode(token))
-    return token, piece, bool(generator.is_done())
+        A slice ends after slice_s, at the first text of the answer (so it leaves at once),
+        or when the stream is cancelled (checked between tokens): other sessions get the
+        worker at least every slice, and a cancel stops within one token.
+        """
+        eos = self._llm._eos_ids
+        deadline = time.perf_counter() + self._llm._slice_s
+        first = self.stats.first_token_s is None
+        pieces: list[str] = []
+        produced = 0
+        while True:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            produced += 1
+            if token in eos:
+                return pieces, produced, FinishReason.COMPLETED
+            out = matcher.feed(str(detok.decode(token)))
+            if out:
+                pieces.append(out)
+            if matcher.stopped:
+                return pieces, produced, FinishReason.COMPLETED
+            if generator.is_done():
+                return pieces, produced, FinishReason.MAX_TOKENS
+            if self._cancelled or (first and pieces) or time.perf_counter() >= deadline:
+                return pieces, produced, None
