@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.request
 
@@ -47,6 +48,11 @@ async def test_turn_trace_has_genai_spans(server: RunningServer) -> None:
     assert chat.attributes["gen_ai.response.finish_reasons"] == ("completed",)
 
 
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,8 +70,7 @@ async def test_metrics_endpoint_counts_turns(fake_llm: FakeLLM) -> None:
             stub = conversation_pb2_grpc.ConversationStub(channel)
             for _ in range(2):
                 _ = [e async for e in stub.Send(conversation_pb2.TextRequest(text="hi"))]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            body = response.read().decode()
+        body = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")
     finally:
         await app.stop(grace_s=1)
     assert 'antiphon_turns_total{agent="assistant",reason="completed"} 2.0' in body
