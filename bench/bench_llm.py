@@ -1,4 +1,4 @@
-"""LLM backend: time to first token and decode speed, ours vs a bare onnxruntime-genai loop.
+"""LLM backend: time to first token and decode speed, ours (worker process) vs a bare in-process loop.
 
     python bench/bench_llm.py [--models-dir var/models] [--runs 5] [--json out.json]
 
@@ -19,6 +19,7 @@ from _table import median, print_table, write_json
 from antiphon.inference.chat_template import render_chatml
 from antiphon.inference.llm import ChatMessage, SamplingOptions
 from antiphon.inference.onnx_llm import OnnxGenaiLLM
+from antiphon.inference.prepare_llm import llm_model_dir
 
 FILLER = "The quick brown fox jumps over the lazy dog near the river bank. "
 
@@ -31,15 +32,26 @@ def prompt_of(llm: OnnxGenaiLLM, tokens: int) -> list[ChatMessage]:
     return [ChatMessage("user", text)]
 
 
-def bare_loop(llm: OnnxGenaiLLM, messages: list[ChatMessage], new_tokens: int) -> tuple[float, float]:
-    og = llm._og
+class Bare:
+    """onnxruntime-genai loaded in this process, driven by hand."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(str(model_dir))
+        self.tokenizer = og.Tokenizer(self.model)
+
+
+def bare_loop(bare: Bare, messages: list[ChatMessage], new_tokens: int) -> tuple[float, float]:
+    og = bare.og
     t0 = time.perf_counter()
-    tokens = llm._tokenizer.encode(render_chatml(messages))
-    params = og.GeneratorParams(llm._model)
+    tokens = bare.tokenizer.encode(render_chatml(messages))
+    params = og.GeneratorParams(bare.model)
     params.set_search_options(max_length=len(tokens) + new_tokens, do_sample=False)
-    gen = og.Generator(llm._model, params)
+    gen = og.Generator(bare.model, params)
     gen.append_tokens(tokens)
-    stream = llm._tokenizer.create_stream()
+    stream = bare.tokenizer.create_stream()
     first = 0.0
     n = 0
     while not gen.is_done():
@@ -73,14 +85,15 @@ async def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--json")
     args = ap.parse_args()
-    llm = OnnxGenaiLLM.from_models_dir(Path(args.models_dir), workers=1, threads=2, context_tokens=8192)
+    llm = await OnnxGenaiLLM.open(Path(args.models_dir), threads=2, context_tokens=8192)
+    bare = Bare(llm_model_dir(Path(args.models_dir)))
     rows, data = [], {}
     for size in (50, 200):
         messages = prompt_of(llm, size)
         await ours(llm, messages, 8)  # warm-up
-        bare = [bare_loop(llm, messages, args.new_tokens) for _ in range(args.runs)]
+        bare_runs = [bare_loop(bare, messages, args.new_tokens) for _ in range(args.runs)]
         mine = [await ours(llm, messages, args.new_tokens) for _ in range(args.runs)]
-        b_ttft, b_tps = median([x[0] for x in bare]), median([x[1] for x in bare])
+        b_ttft, b_tps = median([x[0] for x in bare_runs]), median([x[1] for x in bare_runs])
         o_ttft, o_tps = median([x[0] for x in mine]), median([x[1] for x in mine])
         rows.append([size, "bare onnxruntime-genai", b_ttft * 1000, b_tps, 1.0])
         rows.append([size, "antiphon OnnxGenaiLLM", o_ttft * 1000, o_tps, o_tps / b_tps])

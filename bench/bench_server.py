@@ -41,7 +41,8 @@ async def session(address: str, idx: int, turns: int, max_tokens: int) -> list[d
             options = pb.GenerationOptions(max_tokens=max_tokens, greedy=True)
             t0 = time.perf_counter()
             end: pb.TurnEnd | None = None
-            async for event in client.send(QUESTIONS[(idx + t) % len(QUESTIONS)], session_id=sid, generation=options):
+            # Every session asks the same question each round: equal work, so rates compare fairly.
+            async for event in client.send(QUESTIONS[t % len(QUESTIONS)], session_id=sid, generation=options):
                 if event.HasField("turn_end"):
                     end = event.turn_end
             wall_ms = (time.perf_counter() - t0) * 1000

@@ -46,16 +46,13 @@ SERVICE_NAMES = (
 )
 
 
-def load_llm(settings: Settings) -> LLM:
+async def open_llm(settings: Settings) -> LLM:
+    """The configured LLM backend, started (the embedded one runs in a worker process)."""
     from antiphon.inference.onnx_llm import OnnxGenaiLLM
 
     m = settings.models
-    return OnnxGenaiLLM.from_models_dir(
-        m.path,
-        workers=m.llm_workers,
-        threads=m.llm_threads,
-        context_tokens=settings.generation.context_tokens,
-        slice_ms=m.llm_slice_ms,
+    return await OnnxGenaiLLM.open(
+        m.path, threads=m.llm_threads, context_tokens=settings.generation.context_tokens, slice_ms=m.llm_slice_ms
     )
 
 
@@ -93,7 +90,7 @@ class App:
             self._tracer_provider = setup_tracing(s.telemetry)
         if self._llm is None:
             t0 = time.perf_counter()
-            self._llm = await asyncio.get_running_loop().run_in_executor(None, load_llm, s)
+            self._llm = await open_llm(s)
             log.info(
                 "model loaded",
                 extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)},

@@ -58,15 +58,12 @@ class ModelSettings:
     dir: str = "var/models"
     # ONNX Runtime intra-op threads for the LLM decoder.
     llm_threads: int = 2
-    # Model calls that may run at once; each holds llm_threads cores.
-    llm_workers: int = 1
     # Longest a decode job holds a worker before other sessions get a turn; 0 = one token per job.
     llm_slice_ms: int = 15
 
     def __post_init__(self) -> None:
         _require(bool(self.dir), "models.dir", "must not be empty")
         _require(1 <= self.llm_threads <= 64, "models.llm_threads", "must be 1..64")
-        _require(1 <= self.llm_workers <= 64, "models.llm_workers", "must be 1..64")
         _require(0 <= self.llm_slice_ms <= 1000, "models.llm_slice_ms", "must be 0..1000")
 
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from antiphon.app import App, load_llm
+from antiphon.app import App, open_llm
 from antiphon.inference.llm import LLM
 from antiphon.inference.prepare_llm import is_llm_prepared
 from tests.conftest import test_settings
@@ -31,10 +31,14 @@ def require_model() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def real_llm() -> LLM:
+@pytest.fixture
+async def real_llm() -> AsyncIterator[LLM]:
     path = require_model()
-    return load_llm(test_settings(models={"dir": str(path)}))
+    llm = await open_llm(test_settings(models={"dir": str(path)}))
+    try:
+        yield llm
+    finally:
+        await llm.aclose()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from antiphon.inference.llm import LLM, ChatMessage, FinishReason, SamplingOptio
 from antiphon.v1 import conversation_pb2, conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
 from antiphon_client import AntiphonClient
+from tests.conftest import test_settings
 from tests.integration.conftest import REPO, models_dir, require_model
 
 GREEDY = pb.GenerationOptions(greedy=True, max_tokens=12)
@@ -143,3 +144,35 @@ async def test_cli_serve_drains_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_worker_crash_fails_the_turn_and_the_next_turn_recovers(real_llm: LLM) -> None:
+    from antiphon.inference.onnx_llm import OnnxGenaiLLM
+
+    assert isinstance(real_llm, OnnxGenaiLLM)
+    app = App(test_settings(models={"dir": str(models_dir())}), llm=real_llm)
+    await app.start()
+    try:
+        async with AntiphonClient(f"127.0.0.1:{app.port}") as client:
+            conv = await client.conversation(generation=pb.GenerationOptions(max_tokens=300))
+            await conv.say("Write a long story about the sea.")
+            events = conv.events()
+            assert (await anext(events)).HasField("agent_text")
+            pid = real_llm.worker_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            rest = []
+            async for event in events:
+                rest.append(event)
+                if event.HasField("turn_end"):
+                    break
+            errors = [e.error for e in rest if e.HasField("error")]
+            assert [e.code for e in errors] == [grpc.StatusCode.UNAVAILABLE.value[0]]
+            assert rest[-1].turn_end.reason == pb.TurnEnd.REASON_ERROR
+            again = await conv.turn("Hello")  # same stream, a fresh worker
+            assert again.errors == []
+            assert again.text
+            assert real_llm.restarts == 1
+            await conv.end()
+    finally:
+        await app.stop(grace_s=2)

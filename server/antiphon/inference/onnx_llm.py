@@ -1,18 +1,23 @@
-"""The embedded LLM backend: onnxruntime-genai in process, on CPU.
+"""The embedded LLM backend: onnxruntime-genai on the CPU, in a worker process.
 
-Decoding runs in a bounded thread pool, one token per job: jobs queue FIFO, so
-concurrent sessions take turns token by token (no session starves while
-another decodes) and a cancelled stream stops after the token in flight.
+The worker (llm_worker.py) decodes and schedules sessions round-robin; this
+side speaks its pipe protocol from the event loop, so decoding never blocks
+the loop (onnxruntime-genai holds the GIL while it runs). Token counting for
+the context budget uses the same tokenizer.json in process (identical ids,
+about 35 µs per message). A worker that dies fails only the turns in flight
+(UNAVAILABLE) and is started again for the next turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import itertools
 import logging
+import struct
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,43 +32,52 @@ from antiphon.inference.llm import (
     ModelDescription,
     SamplingOptions,
 )
+from antiphon.inference.llm_worker import MAX_FRAME_BYTES
 from antiphon.inference.prepare_llm import LLM_MODEL_NAME, is_llm_prepared, llm_model_dir
-from antiphon.inference.stop_strings import StopMatcher
 
 log = logging.getLogger(__name__)
 
-# onnxruntime-genai reports every failure (bad input, ORT error) as RuntimeError.
-_MODEL_ERRORS = (RuntimeError,)
+_HEADER = struct.Struct(">I")
+_REASONS = {
+    "completed": FinishReason.COMPLETED,
+    "max_tokens": FinishReason.MAX_TOKENS,
+    "cancelled": FinishReason.CANCELLED,
+}
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 5.0
 
 
 class OnnxGenaiLLM(LLM):
-    def __init__(self, model_dir: Path, *, workers: int = 1, context_tokens: int = 8192, slice_ms: int = 15) -> None:
-        import onnxruntime_genai as og  # heavy native import, kept out of module import
+    def __init__(self, model_dir: Path, *, threads: int = 2, context_tokens: int = 8192, slice_ms: int = 15) -> None:
+        import json
 
-        self._og: Any = og
+        from tokenizers import Tokenizer
+
         self._dir = model_dir
-        self._model: Any = og.Model(str(model_dir))
-        self._tokenizer: Any = og.Tokenizer(self._model)
-        config = json.loads((model_dir / "genai_config.json").read_text())
-        eos = config["model"].get("eos_token_id", [])
-        self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
-        self._max_context = min(int(config["model"].get("context_length", 8192)), context_tokens)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
+        self._slice_ms = slice_ms
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config = json.loads((model_dir / "genai_config.json").read_text())["model"]
+        self._max_context = min(int(config.get("context_length", 8192)), context_tokens)
+        _set_threads(model_dir, threads)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._streams: dict[int, _WorkerStream] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
         self._closed = False
-        self._slice_s = slice_ms / 1000
+        self.restarts = 0
 
     @classmethod
-    def from_models_dir(
-        cls, models_dir: Path, *, workers: int, threads: int, context_tokens: int, slice_ms: int = 15
-    ) -> OnnxGenaiLLM:
+    async def open(cls, models_dir: Path, *, threads: int, context_tokens: int, slice_ms: int = 15) -> OnnxGenaiLLM:
+        """Check the model is prepared and start its worker (fails fast, with the fix, if not)."""
         if not is_llm_prepared(models_dir):
             raise ModelMissing(
                 f"LLM model {LLM_MODEL_NAME!r} is not prepared in {models_dir}: "
                 f"run `antiphon models prepare --models-dir {models_dir}` (or `make models`)"
             )
-        path = llm_model_dir(models_dir)
-        _set_threads(path, threads)
-        return cls(path, workers=workers, context_tokens=context_tokens, slice_ms=slice_ms)
+        llm = cls(llm_model_dir(models_dir), threads=threads, context_tokens=context_tokens, slice_ms=slice_ms)
+        await llm._ensure_worker()
+        return llm
 
     @property
     def description(self) -> ModelDescription:
@@ -75,50 +89,127 @@ class OnnxGenaiLLM(LLM):
             context_tokens=self._max_context,
         )
 
-    def encode(self, text: str) -> Any:
-        return self._tokenizer.encode(text)
+    @property
+    def worker_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self._tokenizer.encode(render_chatml(messages)))
+        return len(self._tokenizer.encode(render_chatml(messages), add_special_tokens=False).ids)
 
     def chat(self, messages: Sequence[ChatMessage], options: SamplingOptions) -> LLMStream:
         if self._closed:
             raise Unavailable("the language model is shutting down")
-        return _OnnxStream(self, render_chatml(messages), options)
+        return _WorkerStream(self, render_chatml(messages), options)
 
     async def aclose(self) -> None:
         self._closed = True
-        # Jobs in flight are single tokens; waiting for them is bounded.
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the worker exits when its input ends
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await self._reader
 
-    # The methods below run on executor threads.
+    async def _ensure_worker(self) -> asyncio.subprocess.Process:
+        async with self._lock:
+            if self._proc is not None and self._proc.returncode is None:
+                return self._proc
+            if self._closed:
+                raise Unavailable("the language model is shutting down")
+            if self._reader is not None:
+                self.restarts += 1
+                log.warning("restarting the LLM worker", extra={"restarts": self.restarts})
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "antiphon.inference.llm_worker", str(self._dir), str(self._slice_ms),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MAX_FRAME_BYTES,
+            )  # fmt: skip
+            assert proc.stdout is not None  # PIPE was requested
+            try:
+                ready = await asyncio.wait_for(_read_frame(proc.stdout), START_TIMEOUT_S)
+            except (TimeoutError, asyncio.IncompleteReadError):
+                ready = None
+            if ready is None or ready.get("op") != "ready":
+                proc.kill()
+                await proc.wait()
+                raise Unavailable("the language model worker failed to start; the server log has its error")
+            self._proc = proc
+            self._reader = asyncio.create_task(self._read_loop(proc), name="llm-worker-reader")
+            log.info("LLM worker ready", extra={"pid": proc.pid})
+            return proc
 
-    def _new_generator(self, prompt: str, options: SamplingOptions) -> tuple[Any, Any, int]:
-        tokens = self._tokenizer.encode(prompt)
-        n_in = len(tokens)
-        if n_in + 1 > self._max_context:
-            raise _PromptTooLong(n_in, self._max_context)
-        params = self._og.GeneratorParams(self._model)
-        search: dict[str, Any] = {"max_length": min(n_in + options.max_tokens, self._max_context)}
-        if options.greedy:
-            search["do_sample"] = False
-        else:
-            search.update(do_sample=True, temperature=options.temperature, top_p=options.top_p, top_k=50)
-        if options.seed is not None:
-            search["random_seed"] = options.seed % (1 << 31)
-        params.set_search_options(**search)
-        generator = self._og.Generator(self._model, params)
-        generator.append_tokens(tokens)
-        return generator, self._tokenizer.create_stream(), n_in
+    async def _read_loop(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while (message := await _read_frame(proc.stdout)) is not None:
+                stream = self._streams.get(int(message["id"]))
+                if stream is not None:
+                    stream.deliver(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            lost = {"op": "error", "kind": "exit", "message": "the language model worker exited"}
+            for stream in list(self._streams.values()):
+                stream.deliver(lost)
+            self._streams.clear()
+            if not self._closed:
+                log.error("LLM worker exited", extra={"returncode": await proc.wait()})
+
+    async def _submit(self, stream: _WorkerStream, prompt: str, options: SamplingOptions) -> int:
+        proc = await self._ensure_worker()
+        gid = next(self._ids)
+        self._streams[gid] = stream
+        opts = {
+            "max_tokens": options.max_tokens,
+            "greedy": options.greedy,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "seed": options.seed,
+            "stop": list(options.stop),
+        }
+        start = {"op": "start", "id": gid, "prompt": prompt, "options": opts, "sent_monotonic": time.monotonic()}
+        await self._write(proc, start)
+        return gid
+
+    async def _cancel(self, gid: int) -> None:
+        self._streams.pop(gid, None)
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ConnectionError, RuntimeError):  # worker gone: nothing decodes for us
+                await self._write(proc, {"op": "cancel", "id": gid})
+
+    @staticmethod
+    async def _write(proc: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+        import json
+
+        assert proc.stdin is not None
+        data = json.dumps(message, separators=(",", ":")).encode()
+        proc.stdin.write(_HEADER.pack(len(data)) + data)
+        await proc.stdin.drain()
 
 
-class _PromptTooLong(Exception):
-    def __init__(self, n_in: int, limit: int) -> None:
-        super().__init__(f"prompt has {n_in} tokens; the model's context is {limit}")
+async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    import json
+
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise
+    (size,) = _HEADER.unpack(header)
+    return dict(json.loads(await reader.readexactly(size)))
 
 
 def _set_threads(model_dir: Path, threads: int) -> None:
     """Keep genai_config.json's decoder thread count in line with the settings."""
+    import json
+
     path = model_dir / "genai_config.json"
     config = json.loads(path.read_text())
     options = config["model"]["decoder"].setdefault("session_options", {})
@@ -127,12 +218,13 @@ def _set_threads(model_dir: Path, threads: int) -> None:
         path.write_text(json.dumps(config, indent=4))
 
 
-class _OnnxStream(LLMStream):
+class _WorkerStream(LLMStream):
     def __init__(self, llm: OnnxGenaiLLM, prompt: str, options: SamplingOptions) -> None:
         self._llm = llm
         self._prompt = prompt
         self._options = options
-        self._cancelled = False
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._gid: int | None = None
         self.stats = GenerationStats()
         self._agen: AsyncGenerator[str, None] | None = None
 
@@ -141,88 +233,45 @@ class _OnnxStream(LLMStream):
             self._agen = self._run()
         return self._agen
 
+    def deliver(self, message: dict[str, Any]) -> None:
+        self._inbox.put_nowait(message)
+
     async def aclose(self) -> None:
-        self._cancelled = True
         if self.stats.finish_reason is None:
             self.stats.finish_reason = FinishReason.CANCELLED
         if self._agen is not None:
             await self._agen.aclose()
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        """Run one job on the model pool; account queue and model time."""
-        submitted = time.perf_counter()
-        loop = asyncio.get_running_loop()
-
-        def job() -> tuple[float, float, Any]:
-            started = time.perf_counter()
-            result = fn(*args)
-            return started, time.perf_counter(), result
-
-        try:
-            started, ended, result = await loop.run_in_executor(self._llm._executor, job)
-        except RuntimeError as exc:
-            if "shutdown" in str(exc):
-                raise Unavailable("the language model is shutting down") from None
-            raise
-        self.stats.queue_s += started - submitted
-        self.stats.model_s += ended - started
-        return result
-
     async def _run(self) -> AsyncGenerator[str, None]:
         t0 = time.perf_counter()
-        stats, options = self.stats, self._options
+        stats = self.stats
+        self._gid = await self._llm._submit(self, self._prompt, self._options)
+        done = False
         try:
-            generator, detok, stats.input_tokens = await self._call(self._llm._new_generator, self._prompt, options)
-        except _PromptTooLong as exc:
-            raise InvalidArgument(str(exc)) from None
-        except _MODEL_ERRORS as exc:
-            raise Unavailable(f"the language model failed: {exc}") from None
-        matcher = StopMatcher(options.stop)
-        while not self._cancelled:
-            try:
-                pieces, produced, reason = await self._call(self._decode_slice, generator, detok, matcher)
-            except _MODEL_ERRORS as exc:
-                raise Unavailable(f"the language model failed: {exc}") from None
-            stats.output_tokens += produced
-            if pieces:
-                if stats.first_token_s is None:
-                    stats.first_token_s = time.perf_counter() - t0
-                yield "".join(pieces)
-            if reason is not None:
-                stats.finish_reason = reason
-                break
-        tail = matcher.flush()
-        if tail and not self._cancelled:
-            yield tail
-        if stats.finish_reason is None:
-            stats.finish_reason = FinishReason.CANCELLED
-
-    def _decode_slice(
-        self, generator: Any, detok: Any, matcher: StopMatcher
-    ) -> tuple[list[str], int, FinishReason | None]:
-        """Decode tokens for one time slice (runs on a model thread).
-
-        A slice ends after slice_s, at the first text of the answer (so it leaves at once),
-        or when the stream is cancelled (checked between tokens): other sessions get the
-        worker at least every slice, and a cancel stops within one token.
-        """
-        eos = self._llm._eos_ids
-        deadline = time.perf_counter() + self._llm._slice_s
-        first = self.stats.first_token_s is None
-        pieces: list[str] = []
-        produced = 0
-        while True:
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            produced += 1
-            if token in eos:
-                return pieces, produced, FinishReason.COMPLETED
-            out = matcher.feed(str(detok.decode(token)))
-            if out:
-                pieces.append(out)
-            if matcher.stopped:
-                return pieces, produced, FinishReason.COMPLETED
-            if generator.is_done():
-                return pieces, produced, FinishReason.MAX_TOKENS
-            if self._cancelled or (first and pieces) or time.perf_counter() >= deadline:
-                return pieces, produced, None
+            while True:
+                message = await self._inbox.get()
+                op = message["op"]
+                if op == "error":
+                    done = True
+                    if message.get("kind") == "too_long":
+                        raise InvalidArgument(str(message["message"]))
+                    raise Unavailable(f"the language model failed: {message['message']}")
+                stats.output_tokens = int(message["tokens"])
+                stats.input_tokens = int(message["input_tokens"])
+                stats.model_s = float(message["model_s"])
+                stats.queue_s = float(message["queue_s"])
+                if op == "text":
+                    if stats.first_token_s is None:
+                        stats.first_token_s = time.perf_counter() - t0
+                    yield str(message["text"])
+                elif op == "end":
+                    done = True
+                    stats.finish_reason = _REASONS[str(message["reason"])]
+                    return
+        finally:
+            if not done:
+                await self._llm._cancel(self._gid)
+            else:
+                self._llm._streams.pop(self._gid, None)
+            if stats.finish_reason is None:
+                stats.finish_reason = FinishReason.CANCELLED
