@@ -7,7 +7,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
 MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json
 
-.PHONY: setup build models run test check lint typecheck bench clean
+.PHONY: setup build models run test check lint typecheck bench clean redis-server
 
 setup: $(SETUP_STAMP)
 
@@ -38,8 +38,13 @@ $(MODEL_STAMP): $(SETUP_STAMP)
 run: build models
 	$(BIN)/antiphon serve --models-dir $(MODELS_DIR)
 
-test: build models
-	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
+test: build models redis-server
+	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 \
+		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
+
+# The tests start their own redis-server on a free loopback port; this only installs it.
+redis-server:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
 lint: setup
 	$(BIN)/ruff check .

@@ -119,6 +119,7 @@ setup(
         "opentelemetry-exporter-otlp-proto-grpc>=1.30",
         "prometheus-client>=0.20",
         "tqdm>=4.66",
+        "redis>=5.2",
     ],
     extras_require={
         "dev": [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from antiphon.app import App
 from antiphon.config import Settings, load_settings
 from tests.fakes import FakeLLM
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +65,13 @@ async def server(fake_llm: FakeLLM) -> AsyncIterator[RunningServer]:
     finally:
         await channel.close()
         await app.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

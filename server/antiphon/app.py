@@ -22,6 +22,7 @@ from antiphon.api.streams import StreamRegistry
 from antiphon.api.unavailable_services import ContextServicer, ToolsServicer
 from antiphon.config import Settings
 from antiphon.context.sessions import MemorySessionStore, SessionStore
+from antiphon.errors import Unavailable
 from antiphon.inference.llm import LLM
 from antiphon.telemetry.metrics import Metrics
 from antiphon.telemetry.tracing import setup_tracing
@@ -56,6 +57,15 @@ async def open_llm(settings: Settings) -> LLM:
     )
 
 
+def build_session_store(settings: Settings) -> SessionStore:
+    c = settings.context
+    if c.sessions == "redis":
+        from antiphon.context.redis_sessions import RedisSessionStore
+
+        return RedisSessionStore(c.redis_url, prefix=c.redis_prefix, ttl_s=c.session_ttl_s)
+    return MemorySessionStore(ttl_s=c.session_ttl_s)
+
+
 class App:
     def __init__(
         self,
@@ -68,7 +78,7 @@ class App:
         self.settings = settings
         self.metrics = Metrics.create()
         self._llm = llm
-        self.sessions = sessions or MemorySessionStore()
+        self.sessions = sessions or build_session_store(settings)
         self._tracer_provider = tracer_provider
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -95,6 +105,10 @@ class App:
                 "model loaded",
                 extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)},
             )
+        try:
+            await self.sessions.ping()
+        except Unavailable as exc:  # keep serving: what needs sessions fails with UNAVAILABLE until it is back
+            log.error("session store unreachable at start: %s", exc.message)
         runner = TurnRunner(self._llm, self.sessions, self.metrics, context_tokens=s.generation.context_tokens)
         services = Services(s, ProfileRegistry(s), self.sessions, runner)
 

@@ -100,6 +100,31 @@ class GenerationSettings:
 
 
 @dataclass
+class ContextSettings:
+    # Where session history lives: in this process, or in Redis (shared by workers, survives restarts).
+    sessions: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Key prefix in Redis; several deployments may share one Redis.
+    redis_prefix: str = "antiphon"
+    # Sessions idle this long are forgotten.
+    session_ttl_s: int = 24 * 3600
+
+    def __post_init__(self) -> None:
+        _require(self.sessions in ("memory", "redis"), "context.sessions", "must be memory or redis")
+        _require(
+            self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+            "context.redis_url",
+            "must start with redis://, rediss:// or unix://",
+        )
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.redis_prefix)),
+            "context.redis_prefix",
+            "1..32 of [A-Za-z0-9_.-]",
+        )
+        _require(60 <= self.session_ttl_s <= 90 * 24 * 3600, "context.session_ttl_s", "must be 60 s..90 days")
+
+
+@dataclass
 class TelemetrySettings:
     # Trace exporter: none, console (stderr) or otlp (gRPC to otlp_endpoint).
     traces: Literal["none", "console", "otlp"] = "none"
@@ -149,6 +174,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    context: ContextSettings = field(default_factory=ContextSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     log: LogSettings = field(default_factory=LogSettings)
     agents: dict[str, AgentProfileSettings] = field(default_factory=_default_agents)
@@ -173,6 +199,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "models": ModelSettings,
     "generation": GenerationSettings,
+    "context": ContextSettings,
     "telemetry": TelemetrySettings,
     "log": LogSettings,
 }

@@ -1,34 +1,24 @@
 from __future__ import annotations
 
-from antiphon.context.sessions import MemorySessionStore, TurnRecord
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from antiphon.context.sessions import MemorySessionStore, SessionStore
+from tests.session_contract import CONTRACT
 
 
-async def test_turns_and_leases() -> None:
-    store = MemorySessionStore()
-    assert await store.get("a") is None
-    await store.create("a", "assistant")
-    await store.append_turns("a", [TurnRecord("user", "hi"), TurnRecord("assistant", "hello")])
-    record = await store.get("a")
-    assert record is not None
-    assert [t.content for t in record.turns] == ["hi", "hello"]
-    record.turns.clear()  # callers get a copy
-    assert len((await store.get("a") or record).turns) == 2
-    assert await store.acquire("a", "one")
-    assert not await store.acquire("a", "two")
-    await store.release("a", "two")  # not the holder: no effect
-    assert not await store.acquire("a", "two")
-    await store.release("a", "one")
-    assert await store.acquire("a", "two")
-    assert await store.delete("a")
-    assert await store.get("a") is None
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda f: f.__name__)
+async def test_memory_store_contract(check: Callable[[SessionStore], Awaitable[None]]) -> None:
+    await check(MemorySessionStore())
 
 
 async def test_expiry_and_capacity() -> None:
     store = MemorySessionStore(ttl_s=-1)
-    await store.create("old", "assistant")
-    assert await store.get("old") is None
+    await store.create("t", "old", "assistant")
+    assert await store.get("t", "old") is None
     small = MemorySessionStore(max_sessions=2)
     for sid in ("a", "b", "c"):
-        await small.create(sid, "assistant")
-    assert await small.get("a") is None
-    assert await small.get("c") is not None
+        await small.create("t", sid, "assistant")
+    assert await small.get("t", "a") is None
+    assert await small.get("t", "c") is not None

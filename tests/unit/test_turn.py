@@ -14,9 +14,11 @@ PROFILE = AgentProfile("assistant", "Be brief.", SamplingOptions())
 
 async def _runner_with_history(turns: int, context_tokens: int) -> tuple[TurnRunner, MemorySessionStore]:
     store = MemorySessionStore()
-    await store.create("s", "assistant")
+    await store.create("default", "s", "assistant")
     for i in range(turns):
-        await store.append_turns("s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")])
+        await store.append_turns(
+            "default", "s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")]
+        )
     return TurnRunner(FakeLLM(), store, Metrics.create(), context_tokens=context_tokens), store
 
 
@@ -50,6 +52,6 @@ async def test_completed_turn_is_recorded() -> None:
         sent.append(delta)
 
     await runner.run(state, sink)
-    record = await store.get("s")
+    record = await store.get("default", "s")
     assert record is not None
     assert [(t.role, t.content) for t in record.turns] == [("user", "hi"), ("assistant", "".join(sent))]

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from antiphon.agent.profiles import AgentProfile
 from antiphon.context.sessions import SessionStore, TurnRecord, TurnRole
+from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
 from antiphon.telemetry.metrics import Metrics
@@ -36,6 +37,7 @@ class TurnState:
     stats: GenerationStats = field(default_factory=GenerationStats)
     first_sent_s: float | None = None
     dropped_turns: int = 0
+    principal: Principal = EMBEDDED_PRINCIPAL
 
     @property
     def text(self) -> str:
@@ -56,7 +58,7 @@ class TurnRunner:
 
     async def build_messages(self, state: TurnState) -> list[ChatMessage]:
         """System prompt + the most recent turns that fit the token budget + the user's text."""
-        record = await self._sessions.get(state.session_id)
+        record = await self._sessions.get(state.principal.tenant, state.session_id)
         turns = record.turns if record else []
         system = ChatMessage("system", state.profile.system_prompt)
         user = ChatMessage("user", state.user_text)
@@ -113,6 +115,7 @@ class TurnRunner:
         if reason is None or (reason is FinishReason.CANCELLED and not state.sent):
             return
         await self._sessions.append_turns(
+            state.principal.tenant,
             state.session_id,
             [TurnRecord("user", state.user_text), TurnRecord("assistant", state.text)],
         )

@@ -14,6 +14,7 @@ from antiphon.api.boundary import guard_stream
 from antiphon.api.stream_session import Services, StreamSession
 from antiphon.api.streams import StreamRegistry
 from antiphon.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from antiphon.gateway.principal import Principal
 from antiphon.telemetry.metrics import Metrics
 from antiphon.v1 import conversation_pb2 as cpb
 from antiphon.v1 import conversation_pb2_grpc
@@ -39,16 +40,21 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
     async def Converse(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ClientEvent], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
-        async for event in guard_stream(self._converse(request_iterator), context, "Converse", self._metrics):
+        converse = self._converse(request_iterator, self._svc.principal_of(context))
+        async for event in guard_stream(converse, context, "Converse", self._metrics):
             yield event
 
     async def Send(  # noqa: N802 (gRPC method name)
         self, request: cpb.TextRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
-        async for event in guard_stream(self._send(request), context, "Send", self._metrics):
+        async for event in guard_stream(
+            self._send(request, self._svc.principal_of(context)), context, "Send", self._metrics
+        ):
             yield event
 
-    async def _converse(self, requests: AsyncIterator[pb.ClientEvent]) -> AsyncGenerator[pb.ServerEvent, None]:
+    async def _converse(
+        self, requests: AsyncIterator[pb.ClientEvent], principal: Principal
+    ) -> AsyncGenerator[pb.ServerEvent, None]:
         async with self._streams.open():
             first = await anext(aiter(requests), None)
             if first is None:
@@ -61,7 +67,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             for name in _VOICE_FIELDS:
                 if config.HasField(name):
                     raise Unimplemented(f"session_config.{name}: voice is not available on this server version")
-            session = StreamSession(self._svc)
+            session = StreamSession(self._svc, principal)
             reader: asyncio.Task[None] | None = None
             try:
                 yield await session.start(config.session_id, config.agent_profile, config.generation)
@@ -104,11 +110,11 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
         await self._streams.draining.wait()
         await session.end_input()
 
-    async def _send(self, request: cpb.TextRequest) -> AsyncGenerator[pb.ServerEvent, None]:
+    async def _send(self, request: cpb.TextRequest, principal: Principal) -> AsyncGenerator[pb.ServerEvent, None]:
         async with self._streams.open():
             if not request.text.strip():
                 raise InvalidArgument("text: must not be empty")
-            session = StreamSession(self._svc)
+            session = StreamSession(self._svc, principal)
             try:
                 yield await session.start(request.session_id, request.agent_profile, request.generation)
                 await session.submit_text(request.text)

@@ -11,7 +11,10 @@ import asyncio
 import collections
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import grpc
 
 from antiphon.agent.profiles import ProfileRegistry
 from antiphon.agent.turn import TurnRunner, TurnState
@@ -20,6 +23,7 @@ from antiphon.api.events import EventWriter, generation_message, reason_label, r
 from antiphon.config import SESSION_ID_RE, Settings
 from antiphon.context.sessions import SessionStore
 from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable
+from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.logs import session_id_var, turn_id_var
 from antiphon.v1 import events_pb2 as pb
 
@@ -35,11 +39,14 @@ class Services:
     profiles: ProfileRegistry
     sessions: SessionStore
     runner: TurnRunner
+    # Who is calling; the gateway's authentication replaces the embedded default.
+    principal_of: Callable[[grpc.aio.ServicerContext], Principal] = lambda _context: EMBEDDED_PRINCIPAL
 
 
 class StreamSession:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, principal: Principal) -> None:
         self._svc = services
+        self._principal = principal
         self._owner = uuid.uuid4().hex
         self._writer = EventWriter()
         self.out: asyncio.Queue[pb.ServerEvent | None] = asyncio.Queue(OUT_QUEUE_EVENTS)
@@ -58,13 +65,14 @@ class StreamSession:
         self._options = self._svc.profiles.resolve(self._profile, requested_options(generation))
         self.session_id = session_id or uuid.uuid4().hex
         session_id_var.set(self.session_id)
-        if not await self._svc.sessions.acquire(self.session_id, self._owner):
+        tenant = self._principal.tenant
+        if not await self._svc.sessions.acquire(tenant, self.session_id, self._owner):
             raise FailedPrecondition(
                 f"session_id: session {self.session_id!r} is already open on another stream; "
                 "close that stream first or use another session id"
             )
         self._leased = True
-        record = await self._svc.sessions.create(self.session_id, self._profile.name)
+        record = await self._svc.sessions.create(tenant, self.session_id, self._profile.name)
         log.info("session started", extra={"agent": self._profile.name, "history_turns": len(record.turns)})
         return self._writer.event(
             session_started=pb.SessionStarted(
@@ -116,7 +124,7 @@ class StreamSession:
         await cancel_and_wait(self._turn, self._worker)
         if self._leased:
             self._leased = False
-            await self._svc.sessions.release(self.session_id, self._owner)
+            await self._svc.sessions.release(self._principal.tenant, self.session_id, self._owner)
 
     async def _work(self) -> None:
         while self._pending:
@@ -125,7 +133,7 @@ class StreamSession:
             await self.out.put(None)
 
     async def _run_turn(self, text: str) -> None:
-        state = TurnState(self.session_id, self._profile, self._options, text)
+        state = TurnState(self.session_id, self._profile, self._options, text, principal=self._principal)
         turn_id_var.set(state.turn_id)
 
         async def sink(delta: str) -> None:
