@@ -21,6 +21,7 @@ from antiphon.api.stream_session import Services
 from antiphon.api.streams import StreamRegistry
 from antiphon.api.unavailable_services import ContextServicer, ToolsServicer
 from antiphon.config import Settings
+from antiphon.context.builder import ContextLimits
 from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.errors import Unavailable
 from antiphon.inference.llm import LLM
@@ -109,7 +110,9 @@ class App:
             await self.sessions.ping()
         except Unavailable as exc:  # keep serving: what needs sessions fails with UNAVAILABLE until it is back
             log.error("session store unreachable at start: %s", exc.message)
-        runner = TurnRunner(self._llm, self.sessions, self.metrics, context_tokens=s.generation.context_tokens)
+        runner = TurnRunner(
+            self._llm, self.sessions, self.metrics, limits=ContextLimits(context_tokens=s.generation.context_tokens)
+        )
         services = Services(s, ProfileRegistry(s), self.sessions, runner)
 
         server = grpc.aio.server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from antiphon.agent.profiles import AgentProfile
 from antiphon.agent.turn import TurnRunner, TurnState
+from antiphon.context.builder import ContextLimits
 from antiphon.context.sessions import MemorySessionStore, TurnRecord
 from antiphon.inference.llm import SamplingOptions
 from antiphon.telemetry.metrics import Metrics
@@ -19,7 +20,7 @@ async def _runner_with_history(turns: int, context_tokens: int) -> tuple[TurnRun
         await store.append_turns(
             "default", "s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")]
         )
-    return TurnRunner(FakeLLM(), store, Metrics.create(), context_tokens=context_tokens), store
+    return TurnRunner(FakeLLM(), store, Metrics.create(), limits=ContextLimits(context_tokens=context_tokens)), store
 
 
 async def test_history_is_trimmed_from_the_oldest_turn() -> None:
@@ -55,3 +56,29 @@ async def test_completed_turn_is_recorded() -> None:
     record = await store.get("default", "s")
     assert record is not None
     assert [(t.role, t.content) for t in record.turns] == [("user", "hi"), ("assistant", "".join(sent))]
+
+
+async def test_long_conversation_is_summarised_within_budget() -> None:
+    store = MemorySessionStore()
+    await store.create("default", "long", "assistant")
+    llm = FakeLLM(tokens=["word"] * 12)
+    runner = TurnRunner(llm, store, Metrics.create(), limits=ContextLimits(context_tokens=160))
+
+    async def sink(delta: str) -> None:
+        return None
+
+    for i in range(30):
+        state = TurnState("long", PROFILE, SamplingOptions(max_tokens=12), f"message number {i} about topic {i}")
+        messages = await runner.build_messages(state)
+        assert llm.count_tokens(messages) + 12 <= 160 + 3  # always within the window
+        await runner.run(state, sink)
+        await runner.after_turn(state)
+    record = await store.get("default", "long")
+    assert record is not None
+    assert runner.summariser is not None
+    assert runner.summariser.compactions > 0
+    assert record.summary  # older turns live on in the summary ...
+    assert len(record.turns) < 60  # ... instead of piling up
+    assert any(m.content.startswith("Summarise the conversation") for p in llm.prompts for m in p)
+    last = await runner.build_messages(TurnState("long", PROFILE, SamplingOptions(max_tokens=12), "next"))
+    assert "Summary of the conversation so far" in last[0].content

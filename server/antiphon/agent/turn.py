@@ -7,7 +7,6 @@ text the user actually received.
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,13 +15,16 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import Span, Status, StatusCode
 
 from antiphon.agent.profiles import AgentProfile
-from antiphon.context.sessions import SessionStore, TurnRecord, TurnRole
+from antiphon.context.builder import ContextBuilder, ContextLimits, Retriever
+from antiphon.context.compression import CompressionPolicy, Summariser
+from antiphon.context.sessions import SessionStore, TurnRecord
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
 from antiphon.telemetry.metrics import Metrics
 
 TextSink = Callable[[str], Awaitable[None]]
+DEFAULT_COMPRESSION = CompressionPolicy()
 
 
 @dataclass(slots=True)
@@ -45,37 +47,47 @@ class TurnState:
 
 
 class TurnRunner:
-    def __init__(self, llm: LLM, sessions: SessionStore, metrics: Metrics, *, context_tokens: int) -> None:
+    def __init__(
+        self,
+        llm: LLM,
+        sessions: SessionStore,
+        metrics: Metrics,
+        *,
+        limits: ContextLimits,
+        retriever: Retriever | None = None,
+        compression: CompressionPolicy | None = DEFAULT_COMPRESSION,
+    ) -> None:
         self._llm = llm
         self._sessions = sessions
         self._metrics = metrics
-        self._context_tokens = context_tokens
-        # History turns are re-counted every turn; tokenizing them once keeps that O(new text).
-        self._turn_tokens = functools.lru_cache(maxsize=8192)(self._count_turn)
-
-    def _count_turn(self, role: TurnRole, content: str) -> int:
-        return self._llm.count_tokens([ChatMessage(role, content)]) - 1  # minus the generation prompt's share
+        self.builder = ContextBuilder(llm, sessions, limits, retriever)
+        self.summariser = Summariser(llm, sessions, self.builder, compression) if compression else None
 
     async def build_messages(self, state: TurnState) -> list[ChatMessage]:
-        """System prompt + the most recent turns that fit the token budget + the user's text."""
-        record = await self._sessions.get(state.principal.tenant, state.session_id)
-        turns = record.turns if record else []
-        system = ChatMessage("system", state.profile.system_prompt)
-        user = ChatMessage("user", state.user_text)
-        budget = self._context_tokens - state.options.max_tokens - self._llm.count_tokens([system, user])
-        kept: list[ChatMessage] = []
-        for turn in reversed(turns):
-            message = ChatMessage(turn.role, turn.content)
-            cost = self._turn_tokens(turn.role, turn.content)
-            if cost > budget:
-                break
-            budget -= cost
-            kept.append(message)
-        # Never start the history with an orphan assistant reply.
-        while kept and kept[-1].role == "assistant":
-            kept.pop()
-        state.dropped_turns = len(turns) - len(kept)
-        return [system, *reversed(kept), user]
+        """System prompt + memories + summary + the recent turns that fit + the user's text."""
+        with tr.tracer().start_as_current_span("retrieval") as span:
+            built = await self.builder.build(
+                state.principal,
+                state.session_id,
+                state.profile.system_prompt,
+                state.user_text,
+                state.options.max_tokens,
+            )
+            state.dropped_turns = built.dropped_turns
+            span.set_attribute("antiphon.context.prompt_tokens", built.prompt_tokens)
+            span.set_attribute("antiphon.context.history_turns", built.history_turns)
+            span.set_attribute("antiphon.context.dropped_turns", built.dropped_turns)
+            span.set_attribute("antiphon.context.summary_used", built.summary_used)
+            span.set_attribute("antiphon.retrieval.ids", [m.id for m in built.memories])
+            span.set_attribute("antiphon.retrieval.scores", [round(m.score, 4) for m in built.memories])
+        return built.messages
+
+    async def after_turn(self, state: TurnState) -> None:
+        """Work that may follow a turn without delaying it: compress a long history."""
+        if self.summariser is not None and state.stats.finish_reason is not None:
+            await self.summariser.maybe_compact(
+                state.principal, state.session_id, state.profile.system_prompt, state.options.max_tokens
+            )
 
     async def run(self, state: TurnState, sink: TextSink) -> None:
         model = self._llm.description.name
@@ -87,7 +99,6 @@ class TurnRunner:
             span.set_attribute(tr.CONVERSATION_ID, state.session_id)
             span.set_attribute("antiphon.turn_id", state.turn_id)
             messages = await self.build_messages(state)
-            span.set_attribute("antiphon.context.dropped_turns", state.dropped_turns)
             stream = self._llm.chat(messages, state.options)
             state.stats = stream.stats
             try:

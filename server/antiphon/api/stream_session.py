@@ -152,6 +152,10 @@ class StreamSession:
         self._turn = None
         await self.out.put(self._writer.turn_end(state, failed=failed))
         self._svc.runner.observe(state, reason_label(state, failed))
+        try:
+            await self._svc.runner.after_turn(state)
+        except AntiphonError as exc:  # compression is best effort; the history stays as it was
+            log.warning("after-turn work failed: %s", exc.message)
         log.info(
             "turn ended",
             extra={

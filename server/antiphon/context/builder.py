@@ -1,0 +1,115 @@
+"""The context of one agent turn: system prompt, retrieved memories, summary and recent turns,
+within the model's token budget, counted with the model's own tokenizer."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from antiphon.context.sessions import SessionStore, TurnRole
+from antiphon.gateway.principal import Principal
+from antiphon.inference.llm import LLM, ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedMemory:
+    id: str
+    text: str
+    score: float
+
+
+class Retriever(Protocol):
+    """Long-term memory search, already filtered to what the principal may read."""
+
+    async def retrieve(
+        self, principal: Principal, query: str, top_k: int, min_score: float
+    ) -> list[RetrievedMemory]: ...
+
+
+@dataclass(slots=True)
+class BuiltContext:
+    messages: list[ChatMessage]
+    prompt_tokens: int = 0
+    history_turns: int = 0
+    dropped_turns: int = 0
+    memories: list[RetrievedMemory] = field(default_factory=list)
+    summary_used: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContextLimits:
+    context_tokens: int = 4096
+    memory_top_k: int = 4
+    memory_min_score: float = 0.35
+    # Retrieved memories may use at most this share of the prompt budget.
+    memory_budget_fraction: float = 0.25
+
+
+class ContextBuilder:
+    def __init__(
+        self, llm: LLM, sessions: SessionStore, limits: ContextLimits, retriever: Retriever | None = None
+    ) -> None:
+        self._llm = llm
+        self._sessions = sessions
+        self._limits = limits
+        self.retriever = retriever
+        # History turns are re-counted every turn; tokenizing each once keeps that O(new text).
+        self._turn_tokens = functools.lru_cache(maxsize=8192)(self._count_turn)
+
+    def _count_turn(self, role: TurnRole | str, content: str) -> int:
+        return self._llm.count_tokens([ChatMessage(role, content)]) - 1  # type: ignore[arg-type]  # minus the generation prompt
+
+    def history_budget(self, system_prompt: str, max_tokens: int) -> int:
+        """Tokens left for summary, memories and history once the answer and system prompt are reserved."""
+        fixed = self._llm.count_tokens([ChatMessage("system", system_prompt)])
+        return self._limits.context_tokens - max_tokens - fixed
+
+    async def build(
+        self, principal: Principal, session_id: str, system_prompt: str, user_text: str, max_tokens: int
+    ) -> BuiltContext:
+        record = await self._sessions.get(principal.tenant, session_id)
+        turns = record.turns if record else []
+        summary = record.summary if record else ""
+        user = ChatMessage("user", user_text)
+        budget = self.history_budget(system_prompt, max_tokens) - self._count_turn("user", user_text)
+
+        memories: list[RetrievedMemory] = []
+        if self.retriever is not None:
+            found = await self.retriever.retrieve(
+                principal, user_text, self._limits.memory_top_k, self._limits.memory_min_score
+            )
+            memory_budget = int(budget * self._limits.memory_budget_fraction)
+            for memory in found:
+                cost = self._count_turn("system", memory.text) + 2
+                if cost > memory_budget:
+                    continue
+                memory_budget -= cost
+                budget -= cost
+                memories.append(memory)
+
+        system_text = system_prompt
+        if memories:
+            system_text += "\n\nRelevant knowledge:\n" + "\n".join(f"- {m.text}" for m in memories)
+        if summary:
+            system_text += f"\n\nSummary of the conversation so far: {summary}"
+            budget -= self._count_turn("system", summary) + 8
+
+        kept: list[ChatMessage] = []
+        for turn in reversed(turns):
+            cost = self._turn_tokens(turn.role, turn.content)
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append(ChatMessage(turn.role, turn.content))
+        while kept and kept[-1].role == "assistant":  # never open the history with an orphan reply
+            kept.pop()
+        messages = [ChatMessage("system", system_text), *reversed(kept), user]
+        return BuiltContext(
+            messages=messages,
+            prompt_tokens=self._llm.count_tokens(messages),
+            history_turns=len(turns),
+            dropped_turns=len(turns) - len(kept),
+            memories=memories,
+            summary_used=bool(summary),
+        )
