@@ -34,6 +34,10 @@ class FailedPrecondition(AntiphonError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDenied(AntiphonError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(AntiphonError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
