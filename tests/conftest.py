@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -29,8 +31,20 @@ async def fail_on_leaked_tasks() -> AsyncIterator[None]:
         pytest.fail(f"leaked tasks: {[t.get_name() + ' ' + repr(t.get_coro()) for t in leaked]}")
 
 
+_SCRATCH = Path(tempfile.mkdtemp(prefix="antiphon-tests-"))
+
+
 def test_settings(**sections: dict[str, object]) -> Settings:
-    env = {"ANTIPHON_SERVER_PORT": "0", "ANTIPHON_TELEMETRY_METRICS_PORT": "0"}
+    # No models directory by default: unit tests inject fakes and never load a real model.
+    env = {
+        "ANTIPHON_SERVER_PORT": "0",
+        "ANTIPHON_TELEMETRY_METRICS_PORT": "0",
+        "ANTIPHON_MODELS_DIR": "/nonexistent",
+        # No built-in tools, and registrations kept out of the checkout.
+        "ANTIPHON_TOOLS_DIR": "",
+        "ANTIPHON_TOOLS_STORAGE_DIR": str(_SCRATCH / "tools"),
+        "ANTIPHON_TOOLS_CACHE_DIR": str(_SCRATCH / "tools-cache"),
+    }
     for section, values in sections.items():
         for key, value in values.items():
             env[f"ANTIPHON_{section.upper()}_{key.upper()}"] = str(value)

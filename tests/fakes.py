@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
+import numpy as np
+
+from antiphon.inference.embedder import Embedder, Vectors
 from antiphon.inference.llm import (
     LLM,
     ChatMessage,
@@ -94,3 +98,29 @@ class _FakeStream(LLMStream):
             yield tail
         over = len(llm.tokens) > self._options.max_tokens
         self.stats.finish_reason = FinishReason.MAX_TOKENS if over else FinishReason.COMPLETED
+
+
+class FakeEmbedder(Embedder):
+    """Bag of hashed words: texts sharing words score high. Deterministic, no model."""
+
+    dims = 384
+
+    @property
+    def name(self) -> str:
+        return "fake-embedder"
+
+    @property
+    def dimensions(self) -> int:
+        return self.dims
+
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                word = word.strip(".,?!")
+                out[row, zlib.crc32(word.encode()) % self.dims] += 1.0
+            out[row] /= max(float(np.linalg.norm(out[row])), 1e-6)
+        return out
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        return self.embed_sync(texts)

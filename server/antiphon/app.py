@@ -19,13 +19,20 @@ from antiphon.api.admin import AdminServicer
 from antiphon.api.conversation import ConversationServicer
 from antiphon.api.stream_session import Services
 from antiphon.api.streams import StreamRegistry
-from antiphon.api.unavailable_services import ContextServicer, ToolsServicer
+from antiphon.api.context import ContextServicer, PrincipalOf
+from antiphon.api.tools import ToolsServicer
 from antiphon.config import Settings
 from antiphon.context.builder import ContextLimits
+from antiphon.context.documents import DocumentService
+from antiphon.context.factory import build_documents
 from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.errors import Unavailable
+from antiphon.gateway.principal import EMBEDDED_PRINCIPAL
 from antiphon.inference.llm import LLM
 from antiphon.telemetry.metrics import Metrics
+from antiphon.tools.factory import build_tools
+from antiphon.tools.registry import ToolRegistry
+from antiphon.tools.sandbox import Sandbox
 from antiphon.telemetry.tracing import setup_tracing
 from antiphon.v1 import (
     admin_pb2,
@@ -74,14 +81,22 @@ class App:
         *,
         llm: LLM | None = None,
         sessions: SessionStore | None = None,
+        documents: DocumentService | None = None,
+        principal_of: PrincipalOf | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics.create()
         self._llm = llm
         self.sessions = sessions or build_session_store(settings)
+        self._documents = documents
+        self._documents_injected = documents is not None
+        # Who is calling: the gateway's authentication replaces the embedded default principal.
+        self.principal_of: PrincipalOf = principal_of or (lambda _context: EMBEDDED_PRINCIPAL)
         self._tracer_provider = tracer_provider
         self._server: grpc.aio.Server | None = None
+        self._sandbox: Sandbox | None = None
+        self.tools: ToolRegistry | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_server: Any = None
         self.streams = StreamRegistry(settings.server.max_streams, self.metrics)
@@ -110,10 +125,18 @@ class App:
             await self.sessions.ping()
         except Unavailable as exc:  # keep serving: what needs sessions fails with UNAVAILABLE until it is back
             log.error("session store unreachable at start: %s", exc.message)
+        if self._documents is None:
+            self._documents = build_documents(s)
+        if self._documents is not None:
+            await self._documents.start()
         runner = TurnRunner(
-            self._llm, self.sessions, self.metrics, limits=ContextLimits(context_tokens=s.generation.context_tokens)
+            self._llm,
+            self.sessions,
+            self.metrics,
+            limits=ContextLimits(context_tokens=s.generation.context_tokens),
+            retriever=self._documents,
         )
-        services = Services(s, ProfileRegistry(s), self.sessions, runner)
+        services = Services(s, ProfileRegistry(s), self.sessions, runner, self.principal_of)
 
         server = grpc.aio.server(
             options=[
@@ -127,8 +150,12 @@ class App:
         conversation_pb2_grpc.add_ConversationServicer_to_server(
             ConversationServicer(services, self.streams, self.metrics), server
         )
-        context_pb2_grpc.add_ContextServicer_to_server(ContextServicer(), server)
-        tools_pb2_grpc.add_ToolsServicer_to_server(ToolsServicer(), server)
+        context_pb2_grpc.add_ContextServicer_to_server(
+            ContextServicer(self.sessions, self._documents, self.principal_of, self.metrics), server
+        )
+        self._sandbox, self.tools = build_tools(s)
+        await self.tools.start()
+        tools_pb2_grpc.add_ToolsServicer_to_server(ToolsServicer(self.tools, self.principal_of, self.metrics), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._llm), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -166,6 +193,10 @@ class App:
         if self._llm is not None:
             await self._llm.aclose()
         await self.sessions.aclose()
+        if self._documents is not None:
+            await self._documents.aclose()
+        if self._sandbox is not None:
+            await self._sandbox.aclose()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
         self._stopped.set()

@@ -47,22 +47,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from antiphon.inference.prepare_embedder import prepare_embedder
     from antiphon.inference.prepare_llm import prepare_llm
 
     settings = _settings(args)
     path = prepare_llm(settings.models.path, force=args.force, threads=settings.models.llm_threads, progress=True)
     print(f"llm ready: {path}")
+    path = prepare_embedder(settings.models.path, force=args.force, progress=True)
+    print(f"embedder ready: {path}")
     return 0
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from antiphon.inference.prepare_llm import LLM_MODEL_NAME, is_llm_prepared, llm_model_dir
+    from antiphon.inference import prepare_embedder as emb
+    from antiphon.inference import prepare_llm as llm
 
-    settings = _settings(args)
-    ready = is_llm_prepared(settings.models.path)
-    state = "ready" if ready else "missing (run `antiphon models prepare`)"
-    print(f"llm  {LLM_MODEL_NAME:32} {state:10} {llm_model_dir(settings.models.path)}")
-    return 0 if ready else 1
+    models = _settings(args).models.path
+    rows = [
+        ("llm", llm.LLM_MODEL_NAME, llm.is_llm_prepared(models), llm.llm_model_dir(models)),
+        ("embed", emb.EMBEDDER_MODEL_NAME, emb.is_embedder_prepared(models), emb.embedder_model_dir(models)),
+    ]
+    for capability, name, ready, path in rows:
+        state = "ready" if ready else "missing (run `antiphon models prepare`)"
+        print(f"{capability:6} {name:32} {state:10} {path}")
+    return 0 if all(ready for *_, ready, _ in rows) else 1
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

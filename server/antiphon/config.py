@@ -125,6 +125,29 @@ class ContextSettings:
 
 
 @dataclass
+class ToolsSettings:
+    # Built-in tools (name.wasm + name.toml), visible to every tenant; "" for none.
+    dir: str = "tools"
+    # Tools tenants register over gRPC, kept across restarts.
+    storage_dir: str = "var/tools"
+    # Compiled modules (wasmtime serialize), so a restart does not recompile.
+    cache_dir: str = "var/tools-cache"
+    # URL prefixes the http_fetch capability may reach, comma-separated; empty allows nothing.
+    http_allow: str = ""
+    http_timeout_s: float = 5.0
+    # Tool calls that may run at once.
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        _require(0 < self.http_timeout_s <= 60, "tools.http_timeout_s", "must be in (0, 60]")
+        _require(1 <= self.workers <= 64, "tools.workers", "must be 1..64")
+
+    @property
+    def http_allow_list(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.http_allow.split(",") if u.strip())
+
+
+@dataclass
 class TelemetrySettings:
     # Trace exporter: none, console (stderr) or otlp (gRPC to otlp_endpoint).
     traces: Literal["none", "console", "otlp"] = "none"
@@ -175,6 +198,7 @@ class Settings:
     models: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     context: ContextSettings = field(default_factory=ContextSettings)
+    tools: ToolsSettings = field(default_factory=ToolsSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     log: LogSettings = field(default_factory=LogSettings)
     agents: dict[str, AgentProfileSettings] = field(default_factory=_default_agents)
@@ -200,6 +224,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "models": ModelSettings,
     "generation": GenerationSettings,
     "context": ContextSettings,
+    "tools": ToolsSettings,
     "telemetry": TelemetrySettings,
     "log": LogSettings,
 }

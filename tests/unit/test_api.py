@@ -17,6 +17,8 @@ from antiphon.v1 import (
     context_pb2_grpc,
     conversation_pb2,
     conversation_pb2_grpc,
+    tools_pb2,
+    tools_pb2_grpc,
 )
 from antiphon.v1 import events_pb2 as pb
 from antiphon_client import AntiphonClient
@@ -277,17 +279,19 @@ async def test_graceful_shutdown_finishes_the_open_turn(fake_llm: FakeLLM) -> No
         await stopping
 
 
-async def test_health_reflection_and_placeholder_services(server: RunningServer) -> None:
+async def test_health_reflection_and_other_services(server: RunningServer) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     health = health_pb2_grpc.HealthStub(server.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="antiphon.v1.Conversation"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     ctx = context_pb2_grpc.ContextStub(server.channel)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # this server has no embedder prepared
         await ctx.Search(context_pb2.SearchRequest(query="x"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not available" in (err.value.details() or "")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "embedder" in (err.value.details() or "")
+    tools = await tools_pb2_grpc.ToolsStub(server.channel).ListTools(tools_pb2.ListToolsRequest())
+    assert list(tools.tools) == []  # this server has no built-in tools
     models = await admin_pb2_grpc.AdminStub(server.channel).ListModels(admin_pb2.ListModelsRequest())
     assert [m.capability for m in models.models] == ["llm"]
 

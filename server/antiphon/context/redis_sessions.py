@@ -84,7 +84,9 @@ class RedisSessionStore(SessionStore):
         if not meta:
             return None
         turns = [TurnRecord(**json.loads(t)) for t in raw_turns]
-        return SessionRecord(session_id, meta["profile"], turns, meta.get("summary", ""), int(meta.get("version", 0)))
+        return SessionRecord(
+            session_id, meta.get("profile", ""), turns, meta.get("summary", ""), int(meta.get("version", 0))
+        )
 
     async def create(self, tenant: str, session_id: str, agent_profile: str) -> SessionRecord:
         key = self._key(tenant, session_id)

@@ -115,8 +115,8 @@ class MemorySessionStore(SessionStore):
     async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord]) -> int:
         async with self._lock:
             record = self._live((tenant, session_id))
-            if record is None:
-                raise KeyError(session_id)
+            if record is None:  # expired (or deleted) while its stream was open: start afresh
+                record = SessionRecord(session_id, "")
             record.turns.extend(turns)
             record.version += 1
             self._sessions[(tenant, session_id)] = (record, time.monotonic())

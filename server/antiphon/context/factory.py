@@ -1,0 +1,37 @@
+"""Builds the long-term memory stack (embedder, hnswlib store, Redis change log) from the settings."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from antiphon.config import Settings
+from antiphon.context.documents import DocumentService
+from antiphon.context.memory import MemoryStore
+from antiphon.inference.embedder import OnnxEmbedder
+from antiphon.inference.prepare_embedder import EMBEDDER_MODEL_NAME, is_embedder_prepared
+
+log = logging.getLogger(__name__)
+
+
+def build_documents(settings: Settings) -> DocumentService | None:
+    """The document service, or None (memory RPCs answer UNAVAILABLE) when the embedder is not prepared."""
+    models = settings.models.path
+    if not is_embedder_prepared(models):
+        log.warning(
+            "embedder %s is not prepared in %s: long-term memory is off (run `antiphon models prepare`)",
+            EMBEDDER_MODEL_NAME,
+            models,
+        )
+        return None
+    embedder = OnnxEmbedder.from_models_dir(models)
+    c = settings.context
+    client = None
+    if c.sessions == "redis":
+        # Binary-safe client: vectors are stored as raw float32 bytes.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            c.redis_url, max_connections=32, timeout=2.0, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
+        client = aioredis.Redis(connection_pool=pool)
+    return DocumentService(MemoryStore(), embedder, redis=client, prefix=c.redis_prefix)
