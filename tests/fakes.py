@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from antiphon.agent.tooling import ToolCallInfo, ToolOutcome
 from antiphon.inference.embedder import Embedder, Vectors
 from antiphon.inference.llm import (
     LLM,
@@ -38,6 +40,9 @@ class FakeLLM(LLM):
         self.started = asyncio.Event()
         self.produced = 0
         self.closed_streams = 0
+        # Optional: choose the answer from the prompt (agent tests); None falls back to `tokens`.
+        self.responder: Callable[[Sequence[ChatMessage], SamplingOptions], list[str] | None] | None = None
+        self.options: list[SamplingOptions] = []
 
     @property
     def description(self) -> ModelDescription:
@@ -48,16 +53,21 @@ class FakeLLM(LLM):
 
     def chat(self, messages: Sequence[ChatMessage], options: SamplingOptions) -> LLMStream:
         self.prompts.append(list(messages))
-        return _FakeStream(self, messages, options)
+        self.options.append(options)
+        scripted = self.responder(messages, options) if self.responder else None
+        return _FakeStream(self, messages, options, scripted)
 
     async def aclose(self) -> None:
         return None
 
 
 class _FakeStream(LLMStream):
-    def __init__(self, llm: FakeLLM, messages: Sequence[ChatMessage], options: SamplingOptions) -> None:
+    def __init__(
+        self, llm: FakeLLM, messages: Sequence[ChatMessage], options: SamplingOptions, scripted: list[str] | None
+    ) -> None:
         self._llm = llm
         self._options = options
+        self._tokens = scripted if scripted is not None else llm.tokens
         self.stats = GenerationStats(input_tokens=llm.count_tokens(messages))
         self._agen: AsyncGenerator[str, None] | None = None
 
@@ -79,7 +89,7 @@ class _FakeStream(LLMStream):
         if llm.fail_with is not None:
             raise llm.fail_with
         matcher = StopMatcher(self._options.stop)
-        for i, token in enumerate(llm.tokens[: self._options.max_tokens]):
+        for i, token in enumerate(self._tokens[: self._options.max_tokens]):
             await asyncio.sleep(0)
             if i == 1 and llm.gate is not None:
                 await llm.gate.wait()
@@ -96,7 +106,7 @@ class _FakeStream(LLMStream):
         tail = matcher.flush()
         if tail:
             yield tail
-        over = len(llm.tokens) > self._options.max_tokens
+        over = len(self._tokens) > self._options.max_tokens
         self.stats.finish_reason = FinishReason.MAX_TOKENS if over else FinishReason.COMPLETED
 
 
@@ -124,3 +134,28 @@ class FakeEmbedder(Embedder):
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         return self.embed_sync(texts)
+
+
+class RecordingSink:
+    """A TurnSink that keeps every event; client tools answer from a script."""
+
+    def __init__(
+        self, client_tools: Sequence[tuple[str, str, dict[str, Any]]] = (), answers: dict[str, str] | None = None
+    ) -> None:
+        self.client_tools = list(client_tools)
+        self.answers = answers or {}
+        self.texts: list[str] = []
+        self.calls: list[ToolCallInfo] = []
+        self.results: list[ToolOutcome] = []
+
+    async def text(self, delta: str) -> None:
+        self.texts.append(delta)
+
+    async def tool_call(self, call: ToolCallInfo) -> None:
+        self.calls.append(call)
+
+    async def tool_result(self, outcome: ToolOutcome) -> None:
+        self.results.append(outcome)
+
+    async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
+        return ToolOutcome(call.call_id, True, output_json=self.answers.get(call.name, "{}"))

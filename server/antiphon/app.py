@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from antiphon.agent.profiles import ProfileRegistry
 from antiphon.agent.turn import TurnRunner
 from antiphon.api.admin import AdminServicer
+from antiphon.api.context import ContextServicer, PrincipalOf
 from antiphon.api.conversation import ConversationServicer
 from antiphon.api.stream_session import Services
 from antiphon.api.streams import StreamRegistry
-from antiphon.api.context import ContextServicer, PrincipalOf
 from antiphon.api.tools import ToolsServicer
 from antiphon.config import Settings
 from antiphon.context.builder import ContextLimits
@@ -30,10 +30,10 @@ from antiphon.errors import Unavailable
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL
 from antiphon.inference.llm import LLM
 from antiphon.telemetry.metrics import Metrics
+from antiphon.telemetry.tracing import setup_tracing
 from antiphon.tools.factory import build_tools
 from antiphon.tools.registry import ToolRegistry
 from antiphon.tools.sandbox import Sandbox
-from antiphon.telemetry.tracing import setup_tracing
 from antiphon.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -129,14 +129,19 @@ class App:
             self._documents = build_documents(s)
         if self._documents is not None:
             await self._documents.start()
+        self._sandbox, self.tools = build_tools(s)
+        await self.tools.start()
+        profiles = ProfileRegistry(s)
         runner = TurnRunner(
             self._llm,
             self.sessions,
             self.metrics,
             limits=ContextLimits(context_tokens=s.generation.context_tokens),
             retriever=self._documents,
+            tools=self.tools,
+            profiles=profiles,
         )
-        services = Services(s, ProfileRegistry(s), self.sessions, runner, self.principal_of)
+        services = Services(s, profiles, self.sessions, runner, self.principal_of)
 
         server = grpc.aio.server(
             options=[
@@ -153,8 +158,6 @@ class App:
         context_pb2_grpc.add_ContextServicer_to_server(
             ContextServicer(self.sessions, self._documents, self.principal_of, self.metrics), server
         )
-        self._sandbox, self.tools = build_tools(s)
-        await self.tools.start()
         tools_pb2_grpc.add_ToolsServicer_to_server(ToolsServicer(self.tools, self.principal_of, self.metrics), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._llm), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

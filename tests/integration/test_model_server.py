@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -176,3 +177,25 @@ async def test_worker_crash_fails_the_turn_and_the_next_turn_recovers(real_llm: 
             await conv.end()
     finally:
         await app.stop(grace_s=2)
+
+
+async def test_real_model_calls_the_calculator_tool(real_llm: LLM) -> None:
+    """Constrained decoding makes even the 135M model emit a well-formed call to a real wasm tool."""
+    settings = test_settings(models={"dir": str(models_dir())}, tools={"dir": str(REPO / "tools")})
+    app = App(settings, llm=real_llm)
+    await app.start()
+    try:
+        async with AntiphonClient(f"127.0.0.1:{app.port}") as client:
+            request = "Use the calculator: what is 17 * 23?"
+            options = pb.GenerationOptions(greedy=True, max_tokens=24)
+            events = [e async for e in client.send(request, agent_profile="tools", generation=options)]
+    finally:
+        await app.stop(grace_s=2)
+    calls = [e.tool_call for e in events if e.HasField("tool_call")]
+    results = [e.tool_result for e in events if e.HasField("tool_result")]
+    assert calls, f"the model made no tool call: {events}"
+    assert calls[0].name in ("calculator", "unit_convert", "inventory")
+    assert json.loads(calls[0].arguments_json)  # well-formed arguments for that tool's schema
+    assert len(results) == len(calls)
+    assert events[-1].HasField("turn_end")
+    print("real model tool calls:", [(c.name, c.arguments_json) for c in calls], [r.ok for r in results])

@@ -8,7 +8,7 @@ from antiphon.context.builder import ContextLimits
 from antiphon.context.sessions import MemorySessionStore, TurnRecord
 from antiphon.inference.llm import SamplingOptions
 from antiphon.telemetry.metrics import Metrics
-from tests.fakes import FakeLLM
+from tests.fakes import FakeLLM, RecordingSink
 
 PROFILE = AgentProfile("assistant", "Be brief.", SamplingOptions())
 
@@ -47,12 +47,9 @@ async def test_everything_fits_in_a_large_budget() -> None:
 async def test_completed_turn_is_recorded() -> None:
     runner, store = await _runner_with_history(turns=0, context_tokens=4096)
     state = TurnState("s", PROFILE, SamplingOptions(max_tokens=10), "hi")
-    sent: list[str] = []
-
-    async def sink(delta: str) -> None:
-        sent.append(delta)
-
+    sink = RecordingSink()
     await runner.run(state, sink)
+    sent = sink.texts
     record = await store.get("default", "s")
     assert record is not None
     assert [(t.role, t.content) for t in record.turns] == [("user", "hi"), ("assistant", "".join(sent))]
@@ -64,9 +61,7 @@ async def test_long_conversation_is_summarised_within_budget() -> None:
     llm = FakeLLM(tokens=["word"] * 12)
     runner = TurnRunner(llm, store, Metrics.create(), limits=ContextLimits(context_tokens=160))
 
-    async def sink(delta: str) -> None:
-        return None
-
+    sink = RecordingSink()
     for i in range(30):
         state = TurnState("long", PROFILE, SamplingOptions(max_tokens=12), f"message number {i} about topic {i}")
         messages = await runner.build_messages(state)

@@ -17,6 +17,14 @@ class AgentProfile:
     name: str
     system_prompt: str
     defaults: SamplingOptions
+    tools: tuple[str, ...] = ()
+    subagents: tuple[str, ...] = ()
+    mode: str = "react"
+    max_steps: int = 4
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools or self.subagents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,10 @@ class ProfileRegistry:
                     top_p=gen.top_p,
                     max_tokens=p.max_tokens or gen.max_tokens,
                 ),
+                tools=p.tool_names,
+                subagents=p.subagent_names,
+                mode=p.mode,
+                max_steps=p.max_steps,
             )
             for name, p in settings.agents.items()
         }

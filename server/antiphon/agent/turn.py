@@ -7,14 +7,18 @@ text the user actually received.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from opentelemetry.trace import Span, Status, StatusCode
 
-from antiphon.agent.profiles import AgentProfile
+from antiphon.agent.loop import AgentLoop
+from antiphon.agent.profiles import AgentProfile, ProfileRegistry
+from antiphon.agent.tooling import AgentTool, ClientTool, ServerTool, SubAgentTool, ToolCallInfo, ToolOutcome
 from antiphon.context.builder import ContextBuilder, ContextLimits, Retriever
 from antiphon.context.compression import CompressionPolicy, Summariser
 from antiphon.context.sessions import SessionStore, TurnRecord
@@ -22,8 +26,59 @@ from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
 from antiphon.telemetry.metrics import Metrics
+from antiphon.tools.registry import ToolRegistry
 
-TextSink = Callable[[str], Awaitable[None]]
+MAX_SUBAGENT_DEPTH = 2
+
+
+class TurnSink(Protocol):
+    """Where a turn's events go (the stream), and how a client tool is asked."""
+
+    @property
+    def client_tools(self) -> Sequence[tuple[str, str, dict[str, Any]]]: ...
+
+    async def text(self, delta: str) -> None: ...
+    async def tool_call(self, call: ToolCallInfo) -> None: ...
+    async def tool_result(self, outcome: ToolOutcome) -> None: ...
+    async def ask_client(self, call: ToolCallInfo) -> ToolOutcome: ...
+
+
+class _TurnEvents:
+    """Passes events on to the stream and keeps what was sent, for the history."""
+
+    def __init__(self, state: TurnState, sink: TurnSink) -> None:
+        self._state = state
+        self._sink = sink
+
+    async def text(self, delta: str) -> None:
+        if self._state.first_sent_s is None:
+            self._state.first_sent_s = time.perf_counter() - self._state.started
+        self._state.sent.append(delta)
+        await self._sink.text(delta)
+
+    async def tool_call(self, call: ToolCallInfo) -> None:
+        await self._sink.tool_call(call)
+
+    async def tool_result(self, outcome: ToolOutcome) -> None:
+        await self._sink.tool_result(outcome)
+
+
+class _Collector:
+    """Events of a sub-agent: its text is its answer; its tool calls stay inside it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    async def text(self, delta: str) -> None:
+        self.parts.append(delta)
+
+    async def tool_call(self, call: ToolCallInfo) -> None:
+        return None
+
+    async def tool_result(self, outcome: ToolOutcome) -> None:
+        return None
+
+
 DEFAULT_COMPRESSION = CompressionPolicy()
 
 
@@ -40,6 +95,7 @@ class TurnState:
     first_sent_s: float | None = None
     dropped_turns: int = 0
     principal: Principal = EMBEDDED_PRINCIPAL
+    tool_calls: int = 0
 
     @property
     def text(self) -> str:
@@ -56,8 +112,12 @@ class TurnRunner:
         limits: ContextLimits,
         retriever: Retriever | None = None,
         compression: CompressionPolicy | None = DEFAULT_COMPRESSION,
+        tools: ToolRegistry | None = None,
+        profiles: ProfileRegistry | None = None,
     ) -> None:
         self._llm = llm
+        self._tools = tools
+        self._profiles = profiles
         self._sessions = sessions
         self._metrics = metrics
         self.builder = ContextBuilder(llm, sessions, limits, retriever)
@@ -89,7 +149,7 @@ class TurnRunner:
                 state.principal, state.session_id, state.profile.system_prompt, state.options.max_tokens
             )
 
-    async def run(self, state: TurnState, sink: TextSink) -> None:
+    async def run(self, state: TurnState, sink: TurnSink) -> None:
         model = self._llm.description.name
         provider = f"antiphon.{self._llm.description.backend}"
         t = tr.tracer()
@@ -99,25 +159,66 @@ class TurnRunner:
             span.set_attribute(tr.CONVERSATION_ID, state.session_id)
             span.set_attribute("antiphon.turn_id", state.turn_id)
             messages = await self.build_messages(state)
-            stream = self._llm.chat(messages, state.options)
-            state.stats = stream.stats
+            events = _TurnEvents(state, sink)
             try:
                 with t.start_as_current_span(f"chat {model}") as chat:
                     _request_attributes(chat, provider, model, state.options)
+                    tools = self.agent_tools(state.profile, state.principal, sink, depth=0)
+                    loop = AgentLoop(self._llm, tools, events, state.options, state.stats)
                     try:
-                        async for delta in stream:
-                            if state.first_sent_s is None:
-                                state.first_sent_s = time.perf_counter() - state.started
-                            state.sent.append(delta)
-                            await sink(delta)
+                        if tools:
+                            await loop.run(messages, mode=state.profile.mode, max_steps=state.profile.max_steps)
+                        else:
+                            await loop.answer(messages)
                     finally:
-                        await stream.aclose()
-                        _usage_attributes(chat, stream.stats)
+                        state.tool_calls = loop.tool_calls
+                        _usage_attributes(chat, state.stats)
             except BaseException as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
             finally:
                 await self._record(state)
+
+    def agent_tools(
+        self, profile: AgentProfile, principal: Principal, sink: TurnSink | None, *, depth: int
+    ) -> list[AgentTool]:
+        """The tools this profile may call in this turn: its server tools, its sub-agents, the client's tools."""
+        tools: list[AgentTool] = []
+        if self._tools is not None and profile.tools:
+            known = {info.name: info for info in self._tools.list(principal)}
+            tools += [
+                ServerTool(self._tools, principal, name, known[name].description, known[name].input_schema)
+                for name in profile.tools
+                if name in known
+            ]
+        if self._profiles is not None and depth < MAX_SUBAGENT_DEPTH:
+            for name in profile.subagents:
+                sub = self._profiles.get(name)
+                tools.append(
+                    SubAgentTool(
+                        f"agent_{name.replace('-', '_')}",
+                        f"Ask the {name} agent to do a task; it answers in text.",
+                        functools.partial(self._run_subagent, sub, principal, depth=depth + 1),
+                    )
+                )
+        if sink is not None:
+            tools += [ClientTool(n, d, schema, sink.ask_client) for n, d, schema in sink.client_tools]
+        return tools
+
+    async def _run_subagent(self, profile: AgentProfile, principal: Principal, task: str, *, depth: int) -> str:
+        """One whole turn of another profile on a task; its answer comes back as text."""
+        with tr.tracer().start_as_current_span(f"invoke_agent {profile.name}") as span:
+            span.set_attribute(tr.OPERATION, "invoke_agent")
+            span.set_attribute(tr.AGENT_NAME, profile.name)
+            collected = _Collector()
+            messages = [ChatMessage("system", profile.system_prompt), ChatMessage("user", task)]
+            tools = self.agent_tools(profile, principal, None, depth=depth)
+            loop = AgentLoop(self._llm, tools, collected, profile.defaults, GenerationStats())
+            if tools:
+                await loop.run(messages, mode=profile.mode, max_steps=profile.max_steps)
+            else:
+                await loop.answer(messages)
+            return "".join(collected.parts)
 
     async def _record(self, state: TurnState) -> None:
         """Keep completed turns, and interrupted ones up to what was sent; a failure before

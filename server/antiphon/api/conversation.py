@@ -13,7 +13,7 @@ from antiphon.aio import cancel_and_wait
 from antiphon.api.boundary import guard_stream
 from antiphon.api.stream_session import Services, StreamSession
 from antiphon.api.streams import StreamRegistry
-from antiphon.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from antiphon.errors import InvalidArgument, Unavailable, Unimplemented
 from antiphon.gateway.principal import Principal
 from antiphon.telemetry.metrics import Metrics
 from antiphon.v1 import conversation_pb2 as cpb
@@ -70,7 +70,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             session = StreamSession(self._svc, principal)
             reader: asyncio.Task[None] | None = None
             try:
-                yield await session.start(config.session_id, config.agent_profile, config.generation)
+                yield await session.start(
+                    config.session_id, config.agent_profile, config.generation, config.client_tools
+                )
                 reader = asyncio.create_task(self._read(requests, session), name=f"reader:{session.session_id}")
                 drain = asyncio.create_task(self._drain_on_shutdown(session), name="drain-watch")
                 try:
@@ -98,9 +100,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             elif kind == "audio":
                 await session.report(Unimplemented("audio: voice is not available on this server version"))
             elif kind == "tool_result":
-                await session.report(
-                    FailedPrecondition(f"tool_result: no tool call {event.tool_result.call_id!r} is pending")
-                )
+                await session.resolve_tool(event.tool_result)
             else:
                 await session.report(InvalidArgument("event: empty ClientEvent"))
         # end_of_input, or the client half-closed: finish what was asked, then end.

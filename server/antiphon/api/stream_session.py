@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from antiphon.agent.profiles import ProfileRegistry
+from antiphon.agent.tooling import ToolCallInfo, ToolOutcome, parse_client_tools
 from antiphon.agent.turn import TurnRunner, TurnState
 from antiphon.aio import cancel_and_wait
 from antiphon.api.events import EventWriter, generation_message, reason_label, requested_options
@@ -30,6 +33,7 @@ from antiphon.v1 import events_pb2 as pb
 log = logging.getLogger(__name__)
 
 OUT_QUEUE_EVENTS = 256
+CLIENT_TOOL_TIMEOUT_S = 60.0
 MAX_PENDING_INPUTS = 8
 
 
@@ -56,13 +60,25 @@ class StreamSession:
         self._ended = False
         self._leased = False
         self.session_id = ""
+        self.client_tools: list[tuple[str, str, dict[str, Any]]] = []
+        self._waiting: dict[str, asyncio.Future[ToolOutcome]] = {}
 
-    async def start(self, session_id: str, profile_name: str, generation: pb.GenerationOptions) -> pb.ServerEvent:
+    async def start(
+        self,
+        session_id: str,
+        profile_name: str,
+        generation: pb.GenerationOptions,
+        client_tools: Sequence[pb.ClientTool] = (),
+    ) -> pb.ServerEvent:
         """Validate the session settings, take the session's lease and build session_started."""
         if session_id and not SESSION_ID_RE.fullmatch(session_id):
             raise InvalidArgument("session_id: use 1..128 characters from [A-Za-z0-9._:-]")
         self._profile = self._svc.profiles.get(profile_name)
         self._options = self._svc.profiles.resolve(self._profile, requested_options(generation))
+        taken = {*self._profile.tools, *(f"agent_{s.replace('-', '_')}" for s in self._profile.subagents)}
+        self.client_tools = parse_client_tools(
+            [(t.name, t.description, t.input_schema_json) for t in client_tools], taken
+        )
         self.session_id = session_id or uuid.uuid4().hex
         session_id_var.set(self.session_id)
         tenant = self._principal.tenant
@@ -136,9 +152,7 @@ class StreamSession:
         state = TurnState(self.session_id, self._profile, self._options, text, principal=self._principal)
         turn_id_var.set(state.turn_id)
 
-        async def sink(delta: str) -> None:
-            await self.out.put(self._writer.text(state.turn_id, delta))
-
+        sink = _StreamSink(self, state.turn_id)
         self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
         await asyncio.wait([self._turn])
         failed = False
@@ -150,6 +164,9 @@ class StreamSession:
                 exc = AntiphonError("internal error in the turn; the server log has details")
             await self.report(exc, state.turn_id)
         self._turn = None
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
         await self.out.put(self._writer.turn_end(state, failed=failed))
         self._svc.runner.observe(state, reason_label(state, failed))
         try:
@@ -166,3 +183,60 @@ class StreamSession:
             },
         )
         turn_id_var.set("")
+
+    async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
+        """Wait for the client's ToolResult for a call it was sent (bounded)."""
+        future: asyncio.Future[ToolOutcome] = asyncio.get_running_loop().create_future()
+        self._waiting[call.call_id] = future
+        try:
+            return await asyncio.wait_for(future, CLIENT_TOOL_TIMEOUT_S)
+        except TimeoutError:
+            return ToolOutcome(
+                call.call_id, False, error=f"the client did not answer within {CLIENT_TOOL_TIMEOUT_S:.0f} s"
+            )
+        finally:
+            self._waiting.pop(call.call_id, None)
+
+    async def resolve_tool(self, result: pb.ToolResult) -> None:
+        """A ToolResult from the client: hand it to the call waiting for it."""
+        future = self._waiting.get(result.call_id)
+        if future is None or future.done():
+            await self.report(FailedPrecondition(f"tool_result.call_id: no tool call {result.call_id!r} is waiting"))
+            return
+        if result.WhichOneof("result") == "error":
+            future.set_result(ToolOutcome(result.call_id, False, error=result.error))
+            return
+        try:
+            json.loads(result.output_json)
+        except ValueError:
+            future.set_result(ToolOutcome(result.call_id, False, error="the client's output_json was not valid JSON"))
+            return
+        future.set_result(ToolOutcome(result.call_id, True, output_json=result.output_json))
+
+
+class _StreamSink:
+    """A turn's view of its stream: events out, client tool calls answered from the stream."""
+
+    def __init__(self, session: StreamSession, turn_id: str) -> None:
+        self._session = session
+        self._turn_id = turn_id
+        self.client_tools = session.client_tools
+
+    async def text(self, delta: str) -> None:
+        await self._session.out.put(self._session._writer.text(self._turn_id, delta))
+
+    async def tool_call(self, call: ToolCallInfo) -> None:
+        runs_on = pb.ToolCall.RUNS_ON_CLIENT if call.runs_on == "client" else pb.ToolCall.RUNS_ON_SERVER
+        event = pb.ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json, runs_on=runs_on)
+        await self._session.out.put(self._session._writer.event(self._turn_id, tool_call=event))
+
+    async def tool_result(self, outcome: ToolOutcome) -> None:
+        event = pb.ToolCallResult(call_id=outcome.call_id, ok=outcome.ok)
+        if outcome.ok:
+            event.output_json = outcome.output_json
+        else:
+            event.error = outcome.error
+        await self._session.out.put(self._session._writer.event(self._turn_id, tool_result=event))
+
+    async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
+        return await self._session.ask_client(call)

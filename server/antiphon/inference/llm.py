@@ -32,6 +32,8 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     greedy: bool = False
+    # Constrained decoding: the output is JSON valid against this schema (tool calls, plans).
+    json_schema: str | None = None
 
 
 class FinishReason(enum.Enum):

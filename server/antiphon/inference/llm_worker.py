@@ -140,6 +140,8 @@ class Worker:
             if options.get("seed") is not None:
                 search["random_seed"] = int(options["seed"]) % (1 << 31)
             params.set_search_options(**search)
+            if options.get("json_schema"):
+                params.set_guidance("json_schema", str(options["json_schema"]))
             generator = self._og.Generator(self._model, params)
             generator.append_tokens(tokens)
         except RuntimeError as exc:  # onnxruntime-genai reports every failure as RuntimeError

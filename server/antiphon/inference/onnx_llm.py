@@ -171,6 +171,7 @@ class OnnxGenaiLLM(LLM):
             "top_p": options.top_p,
             "seed": options.seed,
             "stop": list(options.stop),
+            "json_schema": options.json_schema,
         }
         start = {"op": "start", "id": gid, "prompt": prompt, "options": opts, "sent_monotonic": time.monotonic()}
         await self._write(proc, start)
