@@ -44,6 +44,7 @@ def test_settings(**sections: dict[str, object]) -> Settings:
         "ANTIPHON_TOOLS_DIR": "",
         "ANTIPHON_TOOLS_STORAGE_DIR": str(_SCRATCH / "tools"),
         "ANTIPHON_TOOLS_CACHE_DIR": str(_SCRATCH / "tools-cache"),
+        "ANTIPHON_CONTEXT_MEMORY_DIR": "",
     }
     for section, values in sections.items():
         for key, value in values.items():

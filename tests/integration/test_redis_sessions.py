@@ -115,3 +115,31 @@ async def test_redis_outage_mid_conversation(tmp_path: Path) -> None:
     finally:
         await app.stop(grace_s=1)
         redis.stop()
+
+
+async def test_delete_session_leaves_no_trace_in_redis(redis_server: RedisServer) -> None:
+    import redis.asyncio as aioredis
+
+    from antiphon.v1 import context_pb2, context_pb2_grpc
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    app = App(_settings(redis_server, prefix), llm=FakeLLM())  # type: ignore[arg-type]
+    await app.start()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        async with AntiphonClient(f"127.0.0.1:{app.port}") as conv_client:
+            conv = await conv_client.conversation(session_id="forget-me")
+            await conv.turn("my card number is 4111")
+            await conv.end()
+            async for _ in conv.events():
+                pass
+        assert await client.keys(f"{prefix}:*forget-me*")  # it was there
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = context_pb2_grpc.ContextStub(channel)
+            await stub.DeleteSession(context_pb2.DeleteSessionRequest(session_id="forget-me"))
+        assert await client.keys(f"{prefix}:*forget-me*") == []
+        values = [await client.dump(k) for k in await client.keys(f"{prefix}:*")]
+        assert not any(v and b"4111" in v for v in values)  # nothing derived from it survives either
+    finally:
+        await client.aclose()
+        await app.stop(grace_s=1)

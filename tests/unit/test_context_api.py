@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from antiphon.app import App
-from antiphon.context.documents import DocumentService
+from antiphon.context.documents import DocumentInput, DocumentService
 from antiphon.context.memory import MemoryStore
 from antiphon.gateway.principal import Principal
 from antiphon.v1 import context_pb2 as pb
@@ -103,7 +104,7 @@ async def test_get_and_delete_session(app: App) -> None:
             async for _ in conv.events():
                 pass
             session = await stub.GetSession(pb.GetSessionRequest(session_id="forget-me"))
-            assert [t.content for t in session.turns][0] == "my secret is 42"
+            assert next(t.content for t in session.turns) == "my secret is 42"
             with pytest.raises(grpc.aio.AioRpcError) as err:  # another tenant cannot read it
                 await stub.GetSession(pb.GetSessionRequest(session_id="forget-me"), metadata=_as("eve"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -111,3 +112,15 @@ async def test_get_and_delete_session(app: App) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetSession(pb.GetSessionRequest(session_id="forget-me"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_memory_survives_a_restart_without_redis(tmp_path: Path) -> None:
+    for round_ in range(2):
+        documents = DocumentService(MemoryStore(), FakeEmbedder(), persist_dir=tmp_path / "memory")
+        await documents.start()
+        if round_ == 0:
+            await documents.put(ALICE, [DocumentInput("kept", "The archive keeps every invoice.", frozenset({"hr"}))])
+        result = await documents.search(ALICE, "archive invoice", 3, -1.0)
+        assert [h.document.metadata["document_id"] for h in result.hits] == ["kept"]
+        assert (await documents.search(BOB, "archive invoice", 3, -1.0)).hits == ()  # ACLs survive too
+        await documents.aclose()

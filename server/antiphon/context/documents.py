@@ -17,6 +17,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ class DocumentService:
         *,
         redis: aioredis.Redis | None = None,
         prefix: str = "antiphon",
+        persist_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -60,6 +62,8 @@ class DocumentService:
         self._prefix = prefix
         self._stream = f"{prefix}:changes"
         self._worker_id = uuid.uuid4().hex
+        # Without Redis the indexes are the only copy: saved at shutdown, loaded at start.
+        self._persist_dir = persist_dir if redis is None else None
         self._follower: asyncio.Task[None] | None = None
         self.applied = 0  # change-log entries applied from other workers
 
@@ -67,6 +71,9 @@ class DocumentService:
 
     async def start(self) -> None:
         if self._redis is None:
+            if self._persist_dir is not None and (self._persist_dir / "memory.json").is_file():
+                await asyncio.get_running_loop().run_in_executor(None, self.store.load, self._persist_dir)
+                log.info("memory loaded", extra={"dir": str(self._persist_dir), "tenants": len(self.store.tenants())})
             return
         try:
             last = await self._rebuild_from_redis()
@@ -80,6 +87,8 @@ class DocumentService:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        if self._persist_dir is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.save, self._persist_dir)
         await self.embedder.aclose()
         await self.store.aclose()
         if self._redis is not None:

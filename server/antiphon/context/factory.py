@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -34,4 +35,5 @@ def build_documents(settings: Settings) -> DocumentService | None:
             c.redis_url, max_connections=32, timeout=2.0, socket_timeout=5.0, socket_connect_timeout=2.0
         )
         client = aioredis.Redis(connection_pool=pool)
-    return DocumentService(MemoryStore(), embedder, redis=client, prefix=c.redis_prefix)
+    persist = Path(c.memory_dir) if c.memory_dir else None
+    return DocumentService(MemoryStore(), embedder, redis=client, prefix=c.redis_prefix, persist_dir=persist)
