@@ -108,6 +108,8 @@ class ContextSettings:
     redis_prefix: str = "antiphon"
     # Sessions idle this long are forgotten.
     session_ttl_s: int = 24 * 3600
+    # Without Redis: where the memory indexes are saved at shutdown and loaded at start; "" keeps them in RAM only.
+    memory_dir: str = "var/memory"
 
     def __post_init__(self) -> None:
         _require(self.sessions in ("memory", "redis"), "context.sessions", "must be memory or redis")
