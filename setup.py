@@ -120,9 +120,13 @@ setup(
         "prometheus-client>=0.20",
         "tqdm>=4.66",
         "redis>=5.2",
+        "tritonclient[grpc]==2.73.0",  # needs protobuf<7: keep grpcio-tools at 1.81.x
         "hnswlib==0.8.0",
         "wasmtime==50.0.1",  # pinned: the sandbox uses internals and keys its compile cache by version
         "jsonschema==4.26.*",
+        # gateway: JWT bearer tokens (HS256, RS256, ES256) and the keys that verify them
+        "PyJWT>=2.10,<3",
+        "cryptography>=44",
     ],
     extras_require={
         "dev": [
@@ -147,7 +151,6 @@ setup(
             "onnx",
             "onnx-ir",  # imported by onnxruntime-genai's model builder
         ],
-        "triton": ["tritonclient[grpc]==2.73.0"],
     },
     entry_points={"console_scripts": ["antiphon=antiphon.cli:main"]},
 )

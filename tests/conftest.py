@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -45,6 +45,7 @@ def test_settings(**sections: dict[str, object]) -> Settings:
         "ANTIPHON_TOOLS_STORAGE_DIR": str(_SCRATCH / "tools"),
         "ANTIPHON_TOOLS_CACHE_DIR": str(_SCRATCH / "tools-cache"),
         "ANTIPHON_CONTEXT_MEMORY_DIR": "",
+        "ANTIPHON_AUTH_KEYS_FILE": str(_SCRATCH / "keys.json"),
     }
     for section, values in sections.items():
         for key, value in values.items():

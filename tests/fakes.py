@@ -126,8 +126,8 @@ class FakeEmbedder(Embedder):
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), self.dims), dtype=np.float32)
         for row, text in enumerate(texts):
-            for word in text.lower().split():
-                word = word.strip(".,?!")
+            for raw in text.lower().split():
+                word = raw.strip(".,?!")
                 out[row, zlib.crc32(word.encode()) % self.dims] += 1.0
             out[row] /= max(float(np.linalg.norm(out[row])), 1e-6)
         return out

@@ -24,10 +24,10 @@ from antiphon.api.tools import ToolsServicer
 from antiphon.config import Settings
 from antiphon.context.builder import ContextLimits
 from antiphon.context.documents import DocumentService
-from antiphon.context.factory import build_documents
+from antiphon.context.factory import open_documents
 from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.errors import Unavailable
-from antiphon.gateway.principal import EMBEDDED_PRINCIPAL
+from antiphon.gateway.interceptor import build_gateway
 from antiphon.inference.llm import LLM
 from antiphon.telemetry.metrics import Metrics
 from antiphon.telemetry.tracing import setup_tracing
@@ -56,10 +56,21 @@ SERVICE_NAMES = (
 
 
 async def open_llm(settings: Settings) -> LLM:
-    """The configured LLM backend, started (the embedded one runs in a worker process)."""
+    """The configured LLM backend, started: embedded (a worker process) or Triton."""
     from antiphon.inference.onnx_llm import OnnxGenaiLLM
 
     m = settings.models
+    if m.backend == "triton":
+        from antiphon.inference.triton_llm import TritonLLM
+
+        try:
+            return await TritonLLM.open(
+                m.triton_url, m.path, context_tokens=settings.generation.context_tokens, timeout_s=m.triton_timeout_s
+            )
+        except Unavailable as exc:
+            if not m.triton_fallback:
+                raise
+            log.error("Triton unreachable at start; serving on the embedded LLM: %s", exc.message)
     return await OnnxGenaiLLM.open(
         m.path, threads=m.llm_threads, context_tokens=settings.generation.context_tokens, slice_ms=m.llm_slice_ms
     )
@@ -87,12 +98,14 @@ class App:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics.create()
+        # Gateway: authentication, RBAC, rate limits, budgets and usage metering (a server interceptor).
+        self.gateway = build_gateway(settings, self.metrics.registry)
         self._llm = llm
         self.sessions = sessions or build_session_store(settings)
         self._documents = documents
         self._documents_injected = documents is not None
-        # Who is calling: the gateway's authentication replaces the embedded default principal.
-        self.principal_of: PrincipalOf = principal_of or (lambda _context: EMBEDDED_PRINCIPAL)
+        # Who is calling: the principal the gateway authenticated (the embedded one when auth.mode = "none").
+        self.principal_of: PrincipalOf = principal_of or self.gateway.principal_of
         self._tracer_provider = tracer_provider
         self._server: grpc.aio.Server | None = None
         self._sandbox: Sandbox | None = None
@@ -126,7 +139,7 @@ class App:
         except Unavailable as exc:  # keep serving: what needs sessions fails with UNAVAILABLE until it is back
             log.error("session store unreachable at start: %s", exc.message)
         if self._documents is None:
-            self._documents = build_documents(s)
+            self._documents = await open_documents(s)
         if self._documents is not None:
             await self._documents.start()
         self._sandbox, self.tools = build_tools(s)
@@ -140,17 +153,20 @@ class App:
             retriever=self._documents,
             tools=self.tools,
             profiles=profiles,
+            usage=self.gateway.metering,
         )
         services = Services(s, profiles, self.sessions, runner, self.principal_of)
 
+        await self.gateway.start()
         server = grpc.aio.server(
+            interceptors=[self.gateway.interceptor],
             options=[
                 ("grpc.max_receive_message_length", s.server.max_message_bytes),
                 ("grpc.max_send_message_length", s.server.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.max_pings_without_data", 0),
-            ]
+            ],
         )
         conversation_pb2_grpc.add_ConversationServicer_to_server(
             ConversationServicer(services, self.streams, self.metrics), server
@@ -159,7 +175,9 @@ class App:
             ContextServicer(self.sessions, self._documents, self.principal_of, self.metrics), server
         )
         tools_pb2_grpc.add_ToolsServicer_to_server(ToolsServicer(self.tools, self.principal_of, self.metrics), server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._llm), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self._llm, self.gateway, self.principal_of, self.metrics), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -196,6 +214,7 @@ class App:
         if self._llm is not None:
             await self._llm.aclose()
         await self.sessions.aclose()
+        await self.gateway.aclose()
         if self._documents is not None:
             await self._documents.aclose()
         if self._sandbox is not None:

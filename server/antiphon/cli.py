@@ -1,4 +1,4 @@
-"""Command line: `antiphon serve | models | chat`."""
+"""Command line: `antiphon serve | models | chat | keys | usage`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     print(f"llm ready: {path}")
     path = prepare_embedder(settings.models.path, force=args.force, progress=True)
     print(f"embedder ready: {path}")
+    if args.triton:
+        from antiphon.inference.triton_repository import prepare_triton_repository
+
+        repo = prepare_triton_repository(settings.models.path, Path(args.triton))
+        print(f"triton model repository ready: {repo}")
     return 0
 
 
@@ -79,6 +84,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return main(args)
 
 
+# --- gateway: `antiphon keys ...`, `antiphon usage` ---
+def cmd_keys(args: argparse.Namespace) -> int:
+    from antiphon_client.keys import keys_main
+
+    return keys_main(args, _settings(args))
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from antiphon_client.keys import usage_main
+
+    return usage_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antiphon", description="Low-latency gRPC server for voice and text agents")
     parser.add_argument("--config", type=Path, help="TOML settings file (or ANTIPHON_CONFIG)")
@@ -96,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = models.add_parser("prepare", help="convert the packaged model weights for the embedded backend")
     prepare.add_argument("--models-dir")
     prepare.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    prepare.add_argument("--triton", metavar="DIR", help="also write a Triton model repository to DIR")
     prepare.set_defaults(func=cmd_models_prepare)
     listing = models.add_parser("list", help="show which models are prepared")
     listing.add_argument("--models-dir")
@@ -106,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk to a running server (interactive, or -m for one message)")
     add_arguments(chat)
     chat.set_defaults(func=cmd_chat)
+
+    from antiphon_client.keys import add_keys_arguments, add_usage_arguments  # gateway
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (in the key store)")
+    add_keys_arguments(keys)
+    keys.set_defaults(func=cmd_keys)
+    usage = sub.add_parser("usage", help="a tenant's usage and cost this month (asks a running server)")
+    add_usage_arguments(usage)
+    usage.set_defaults(func=cmd_usage)
     return parser
 
 

@@ -60,11 +60,19 @@ class ModelSettings:
     llm_threads: int = 2
     # Longest a decode job holds a worker before other sessions get a turn; 0 = one token per job.
     llm_slice_ms: int = 15
+    # onnx: models run in this host's processes; triton: on a Triton server (a GPU host in production).
+    backend: Literal["onnx", "triton"] = "onnx"
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = 5.0
+    # With backend = triton: start on the embedded models when Triton cannot be reached at start.
+    triton_fallback: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.dir), "models.dir", "must not be empty")
         _require(1 <= self.llm_threads <= 64, "models.llm_threads", "must be 1..64")
         _require(0 <= self.llm_slice_ms <= 1000, "models.llm_slice_ms", "must be 0..1000")
+        _require(self.backend in ("onnx", "triton"), "models.backend", "must be onnx or triton")
+        _require(0 < self.triton_timeout_s <= 120, "models.triton_timeout_s", "must be in (0, 120]")
 
     @property
     def path(self) -> Path:

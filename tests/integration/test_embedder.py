@@ -21,11 +21,11 @@ from antiphon.gateway.principal import Principal
 from antiphon.inference.embedder import OnnxEmbedder
 from antiphon.inference.prepare_embedder import (
     EMBEDDER_MODEL_NAME,
-    MARKER_NAME,
     embedder_model_dir,
     is_embedder_prepared,
     prepare_embedder,
 )
+from antiphon.inference.prepare_llm import MARKER_NAME
 from tests.integration.conftest import REPO, models_dir
 
 
@@ -122,7 +122,8 @@ def test_preparing_again_is_a_no_op() -> None:
 def test_vectors_are_unit_length_float32(embedder: OnnxEmbedder) -> None:
     texts = ["short", "a somewhat longer sentence about nothing in particular", "word " * 2000]  # last one truncates
     vectors = embedder.embed_sync(texts)
-    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert vectors.shape == (3, 384)
+    assert vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert embedder.embed_sync([]).shape == (0, 384)
     assert (embedder.name, embedder.dimensions) == (EMBEDDER_MODEL_NAME, 384)

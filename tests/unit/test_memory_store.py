@@ -6,6 +6,7 @@ import dataclasses
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,8 @@ LABELS = ("a", "b", "c", "d")
 
 def unit(rng: np.random.Generator, n: int) -> npt.NDArray[np.float32]:
     v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: npt.NDArray[np.float32] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def who(*labels: str, tenant: str = "t1") -> Principal:
@@ -39,10 +41,8 @@ def who(*labels: str, tenant: str = "t1") -> Principal:
 OWNER = who(*LABELS)
 
 
-def make_store(exact_max_visible: int = 50, **overrides: int) -> MemoryStore:
-    config = MemoryConfig(
-        dimensions=DIM, initial_capacity=8, planner=PlannerConfig(exact_max_visible=exact_max_visible)
-    )
+def make_store(exact_max_rows: int = 50, **overrides: Any) -> MemoryStore:
+    config = MemoryConfig(dimensions=DIM, initial_capacity=8, planner=PlannerConfig(exact_max_rows=exact_max_rows))
     return MemoryStore(dataclasses.replace(config, **overrides))
 
 
@@ -81,7 +81,7 @@ def filled() -> Filled:
 
 
 def test_search_returns_the_nearest_visible_documents_best_first(filled: Filled) -> None:
-    store, docs, vectors = filled
+    store, _, vectors = filled
     result = store.search_sync(who("a"), vectors[4], top_k=5)
     assert ids(result)[0] == "doc-4"
     assert result.hits[0].score == pytest.approx(1.0, abs=1e-5)
@@ -116,7 +116,7 @@ def test_planner_picks_by_visible_count(filled: Filled) -> None:
     assert store.search_sync(who("a"), q).plan == SearchPlan.HNSW_FILTERED  # 150 > 50
     assert store.search_sync(who("zz"), q).plan == SearchPlan.EMPTY
     assert store.search_sync(who("a", tenant="other"), q).plan == SearchPlan.EMPTY
-    small = make_store(exact_max_visible=200)
+    small = make_store(exact_max_rows=200)
     docs, vectors = corpus(600)
     small.put_sync(OWNER, docs, vectors)
     result = small.search_sync(who("a"), q)
@@ -133,11 +133,13 @@ def test_multi_label_visibility_counts_each_document_once(filled: Filled) -> Non
 
 
 def test_planner_functions() -> None:
-    config = PlannerConfig(exact_max_visible=100, ef_search=64, ef_per_result=2.0, ef_max=500)
-    assert choose_plan(0, 10, config) == SearchPlan.EMPTY
-    assert choose_plan(100, 1000, config) == SearchPlan.EXACT
-    assert choose_plan(101, 1000, config) == SearchPlan.HNSW_FILTERED
-    assert choose_plan(1000, 1000, config) == SearchPlan.HNSW
+    config = PlannerConfig(exact_max_rows=100, exact_max_fraction=0.05, ef_search=64, ef_per_result=2.0, ef_max=500)
+    assert choose_plan(0, 10, 0, config) == SearchPlan.EMPTY
+    assert choose_plan(100, 1000, 100, config) == SearchPlan.EXACT
+    assert choose_plan(101, 1000, 101, config) == SearchPlan.HNSW_FILTERED
+    assert choose_plan(90, 1000, 150, config) == SearchPlan.HNSW_FILTERED  # two overlapping labels: 150 rows
+    assert choose_plan(4000, 100_000, 4000, config) == SearchPlan.EXACT  # 4% visible: the walk would crawl
+    assert choose_plan(1000, 1000, 1000, config) == SearchPlan.HNSW
     assert search_ef(1000, 1000, 10, config) == 64
     assert search_ef(500, 1000, 10, config) == 64  # 10 * 2 / 0.5 = 40
     assert search_ef(100, 1000, 10, config) == 200
@@ -175,14 +177,38 @@ def test_upsert_replaces_the_vector_and_the_labels() -> None:
         assert "doc-3" not in ids(store.search_sync(who("d"), new, top_k=100, force_plan=force))
 
 
+def test_label_blocks_follow_writes_in_place() -> None:
+    store = MemoryStore(
+        MemoryConfig(dimensions=DIM, planner=PlannerConfig(exact_max_rows=1000, block_min_rows=2, block_budget=4.0))
+    )
+    docs, vectors = corpus(40)
+    store.put_sync(OWNER, docs, vectors)
+    a_docs = [i for i, d in enumerate(docs) if "a" in d.labels]
+    store.search_sync(who("a"), vectors[0], force_plan=SearchPlan.EXACT)  # builds a's block
+    state = store._tenants["t1"].state
+    assert "a" in state._blocks
+    moved, fresh = unit(np.random.default_rng(5), 2)
+    store.put_sync(OWNER, [Document("doc-4", "moved", frozenset({"a"}))], moved[None, :])  # same label, new vector
+    store.put_sync(OWNER, [Document("new", "new", frozenset({"a"}))], fresh[None, :])  # appended
+    store.put_sync(OWNER, [Document("doc-8", "relabelled", frozenset({"c"}))], vectors[8][None, :])  # leaves a
+    store.delete_sync(OWNER, ["doc-12"])  # removed
+    assert "a" in state._blocks  # kept current, not rebuilt
+    for query, expected in ((moved, "doc-4"), (fresh, "new")):
+        hit = store.search_sync(who("a"), query, top_k=1, force_plan=SearchPlan.EXACT).hits[0]
+        assert (hit.document.id, round(hit.score, 4)) == (expected, 1.0)
+    found = ids(store.search_sync(who("a"), vectors[8], top_k=100, force_plan=SearchPlan.EXACT))
+    assert sorted(found) == sorted({f"doc-{i}" for i in a_docs} - {"doc-8", "doc-12"} | {"new"})
+
+
 def test_delete_removes_from_every_plan_and_frees_the_slot() -> None:
-    store = make_store(exact_max_visible=10)
+    store = make_store(exact_max_rows=10)
     docs, vectors = corpus(64)
     store.put_sync(OWNER, docs, vectors)
     assert store.delete_sync(OWNER, ["doc-5", "doc-6", "missing"]) == 2
     for force in (SearchPlan.EXACT, SearchPlan.HNSW_FILTERED, SearchPlan.HNSW, None):
         found = ids(store.search_sync(OWNER, vectors[5], top_k=100, force_plan=force))
-        assert "doc-5" not in found and "doc-6" not in found
+        assert "doc-5" not in found
+        assert "doc-6" not in found
         assert len(found) == 62
     state = store._tenants["t1"].state
     assert (state.counts().live, state.counts().deleted) == (62, 2)
@@ -255,7 +281,7 @@ def test_vector_validation(vectors: object, field: str) -> None:
 
 @pytest.mark.parametrize(("top_k", "min_score"), [(0, 0.0), (101, 0.0), (5, 1.5)])
 def test_search_validation(top_k: int, min_score: float) -> None:
-    with pytest.raises(InvalidArgument, match="top_k|min_score"):
+    with pytest.raises(InvalidArgument, match=r"^(top_k|min_score):"):
         make_store().search_sync(OWNER, np.ones(DIM), top_k=top_k, min_score=min_score)
     with pytest.raises(InvalidArgument, match="query_vector"):
         make_store().search_sync(OWNER, np.ones(DIM + 1))
@@ -272,7 +298,8 @@ def test_text_size_limit_is_configurable() -> None:
 def test_min_score_cuts_the_tail(filled: Filled) -> None:
     store, _, vectors = filled
     result = store.search_sync(OWNER, vectors[0], top_k=100, min_score=0.5)
-    assert result.hits and all(h.score >= 0.5 for h in result.hits)
+    assert result.hits
+    assert all(h.score >= 0.5 for h in result.hits)
     assert ids(result)[0] == "doc-0"
 
 
@@ -283,13 +310,14 @@ def test_tenants_are_walls() -> None:
     store.put_sync(who(*LABELS, tenant="t2"), docs[25:], vectors[25:])
     for force in (SearchPlan.EXACT, SearchPlan.HNSW_FILTERED, None):
         found = ids(store.search_sync(who(*LABELS, tenant="t1"), vectors[30], top_k=100, force_plan=force))
-        assert found and all(int(i.split("-")[1]) < 25 for i in found)
+        assert found
+        assert all(int(i.split("-")[1]) < 25 for i in found)
     assert store.delete_sync(who(*LABELS, tenant="t1"), ["doc-30"]) == 0
     assert store.stats("t2").live == 25
 
 
 def test_compaction_rebuilds_without_the_deleted() -> None:
-    store = make_store(exact_max_visible=10)
+    store = make_store(exact_max_rows=10)
     docs, vectors = corpus(200)
     store.put_sync(OWNER, docs, vectors)
     store.delete_sync(OWNER, [f"doc-{i}" for i in range(0, 200, 3)])  # 67 of 200
@@ -322,12 +350,12 @@ def test_compaction_keeps_a_write_that_lands_while_it_builds() -> None:
     store._build = build_with_a_concurrent_put  # type: ignore[method-assign]
     assert store.compact_sync("t1") == ["t1"]
     assert store.stats("t1") == store._tenants["t1"].state.counts()
-    assert store.stats("t1").live == 21 and store.stats("t1").deleted == 0
+    assert (store.stats("t1").live, store.stats("t1").deleted) == (21, 0)
     assert "late" in ids(store.search_sync(OWNER, vectors[0], top_k=3))
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    store = make_store(exact_max_visible=10)
+    store = make_store(exact_max_rows=10)
     docs, vectors = corpus(120)
     tenants = ("t1", "../escape", "ünïcode tenant")
     for t in tenants:
@@ -338,7 +366,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert all(p.name.startswith(("t-", "memory.json")) for p in (tmp_path / "memory").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["memory"]  # no temporary folders left
 
-    loaded = make_store(exact_max_visible=10)
+    loaded = make_store(exact_max_rows=10)
     loaded.load(tmp_path / "memory")
     assert loaded.tenants() == sorted(tenants)
     for t in tenants:
@@ -390,7 +418,7 @@ def test_growth_beyond_the_initial_capacity() -> None:
 
 
 def test_searches_and_writes_from_many_threads() -> None:
-    store = make_store(exact_max_visible=30)
+    store = make_store(exact_max_rows=30)
     docs, vectors = corpus(400)
     store.put_sync(OWNER, docs[:200], vectors[:200])
     errors: list[BaseException] = []

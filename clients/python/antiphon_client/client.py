@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,11 +25,35 @@ class TurnResult:
     errors: list[pb.Error] = field(default_factory=list)
 
 
+def auth_metadata(api_key: str | None = None, token: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Credentials as call metadata: ``x-api-key`` for an API key, ``authorization: Bearer`` for a JWT.
+
+    Without arguments, ANTIPHON_API_KEY or ANTIPHON_TOKEN from the environment (if set).
+    """
+    if api_key is None and token is None:
+        api_key = os.environ.get("ANTIPHON_API_KEY") or None
+        token = os.environ.get("ANTIPHON_TOKEN") or None
+    if api_key:
+        return (("x-api-key", api_key),)
+    if token:
+        return (("authorization", f"Bearer {token}"),)
+    return ()
+
+
 class AntiphonClient:
-    def __init__(self, address: str = "127.0.0.1:50051", *, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    """``api_key`` / ``token`` (or ANTIPHON_API_KEY / ANTIPHON_TOKEN) are sent with every call."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+        api_key: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
-        self._metadata = metadata
+        self._metadata = (*metadata, *auth_metadata(api_key, token))
 
     async def __aenter__(self) -> AntiphonClient:
         return self

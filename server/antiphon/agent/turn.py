@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -27,6 +27,9 @@ from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationSta
 from antiphon.telemetry import tracing as tr
 from antiphon.telemetry.metrics import Metrics
 from antiphon.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from antiphon.gateway.usage import UsageSink  # gateway: budgets and usage metering
 
 MAX_SUBAGENT_DEPTH = 2
 
@@ -114,8 +117,10 @@ class TurnRunner:
         compression: CompressionPolicy | None = DEFAULT_COMPRESSION,
         tools: ToolRegistry | None = None,
         profiles: ProfileRegistry | None = None,
+        usage: UsageSink | None = None,
     ) -> None:
         self._llm = llm
+        self._usage = usage  # gateway: admits each turn (budget, token rate) and meters its tokens
         self._tools = tools
         self._profiles = profiles
         self._sessions = sessions
@@ -153,6 +158,8 @@ class TurnRunner:
         model = self._llm.description.name
         provider = f"antiphon.{self._llm.description.backend}"
         t = tr.tracer()
+        if self._usage is not None:  # gateway: refuse a new turn over budget/limits (ResourceExhausted)
+            await self._usage.admit_turn(state.principal)
         with t.start_as_current_span(f"invoke_agent {state.profile.name}") as span:
             span.set_attribute(tr.OPERATION, "invoke_agent")
             span.set_attribute(tr.AGENT_NAME, state.profile.name)
@@ -177,6 +184,8 @@ class TurnRunner:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
             finally:
+                if self._usage is not None:  # gateway: meter what the turn used, even if it was cut short
+                    self._usage.record_turn(state.principal, state.stats.input_tokens, state.stats.output_tokens)
                 await self._record(state)
 
     def agent_tools(

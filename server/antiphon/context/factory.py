@@ -10,13 +10,14 @@ import redis.asyncio as aioredis
 from antiphon.config import Settings
 from antiphon.context.documents import DocumentService
 from antiphon.context.memory import MemoryStore
-from antiphon.inference.embedder import OnnxEmbedder
+from antiphon.errors import Unavailable
+from antiphon.inference.embedder import Embedder, OnnxEmbedder
 from antiphon.inference.prepare_embedder import EMBEDDER_MODEL_NAME, is_embedder_prepared
 
 log = logging.getLogger(__name__)
 
 
-def build_documents(settings: Settings) -> DocumentService | None:
+async def open_documents(settings: Settings) -> DocumentService | None:
     """The document service, or None (memory RPCs answer UNAVAILABLE) when the embedder is not prepared."""
     models = settings.models.path
     if not is_embedder_prepared(models):
@@ -26,7 +27,20 @@ def build_documents(settings: Settings) -> DocumentService | None:
             models,
         )
         return None
-    embedder = OnnxEmbedder.from_models_dir(models)
+    embedder: Embedder
+    m = settings.models
+    if m.backend == "triton":
+        from antiphon.inference.triton_embedder import TritonEmbedder
+
+        try:
+            embedder = await TritonEmbedder.open(m.triton_url, models_dir=models, timeout_s=m.triton_timeout_s)
+        except Unavailable as exc:
+            if not m.triton_fallback:
+                raise
+            log.error("Triton unreachable at start; embedding in process: %s", exc.message)
+            embedder = OnnxEmbedder.from_models_dir(models)
+    else:
+        embedder = OnnxEmbedder.from_models_dir(models)
     c = settings.context
     client = None
     if c.sessions == "redis":

@@ -180,28 +180,32 @@ class MemoryStore:
         document it replaces: nobody can relabel or overwrite what they could
         not have written.
         """
-        if len(documents) > self.config.max_documents_per_put:
-            raise InvalidArgument(f"documents: at most {self.config.max_documents_per_put} per call")
-        matrix = self._check_vectors(vectors, len(documents), "vectors")
-        seen: set[str] = set()
+        matrix = self._check_batch(documents, vectors)
         for i, doc in enumerate(documents):
-            self._check_document(doc, f"documents[{i}]")
-            if doc.id in seen:
-                raise InvalidArgument(f"documents[{i}].id: {doc.id!r} appears twice in one call")
-            seen.add(doc.id)
             missing = doc.labels - principal.labels
             if missing:
                 raise PermissionDenied(f"documents[{i}].acl_labels: the caller does not hold {sorted(missing)}")
-        if not documents:
-            return
-        tenant = self._tenant(principal.tenant)
-        with tenant.lock:
-            state = tenant.state
-            for i, doc in enumerate(documents):
-                old = state.document(doc.id)
-                if old is not None and not old.labels <= principal.labels:
-                    raise PermissionDenied(f"documents[{i}].id: the caller may not replace document {doc.id!r}")
-            state.upsert(list(documents), matrix, threads=self.config.index_threads)
+        self._write(principal.tenant, documents, matrix, principal.labels)
+
+    def apply_put(self, tenant: str, documents: Sequence[Document], vectors: npt.ArrayLike) -> None:
+        """Insert or replace without a caller: for the source of truth's change log, already authorised."""
+        self._write(tenant, documents, self._check_batch(documents, vectors), None)
+
+    def apply_delete(self, tenant: str, ids: Sequence[str]) -> int:
+        """Delete without a caller (change log); returns how many existed."""
+        current = self._find(tenant)
+        if current is None:
+            return 0
+        with current.lock:
+            return current.state.delete(ids)
+
+    def chunk_ids(self, tenant: str, doc_id: str) -> list[str]:
+        """Stored ids of a document: `doc_id` itself and its chunks `doc_id#0`, `doc_id#1`, ..."""
+        current = self._find(tenant)
+        if current is None:
+            return []
+        with current.lock:
+            return current.state.ids_of(doc_id)
 
     def search_sync(
         self,
@@ -311,37 +315,6 @@ class MemoryStore:
         with current.lock:
             current.state = fresh
 
-    # Trusted writes: the change log replays what another worker already authorised.
-
-    def apply_put(self, tenant: str, documents: Sequence[Document], vectors: npt.ArrayLike) -> None:
-        """Insert or replace documents without an ACL check (already checked where they were written)."""
-        matrix = self._check_vectors(vectors, len(documents), "vectors")
-        for i, doc in enumerate(documents):
-            self._check_document(doc, f"documents[{i}]")
-        if documents:
-            current = self._tenant(tenant)
-            with current.lock:
-                current.state.upsert(list(documents), matrix, threads=self.config.index_threads)
-
-    def apply_delete(self, tenant: str, ids: Sequence[str]) -> int:
-        """Delete documents by id without an ACL check; returns how many existed."""
-        current = self._find(tenant)
-        if current is None or not ids:
-            return 0
-        with current.lock:
-            return current.state.delete([i for i in ids if current.state.document(i) is not None])
-
-    def chunk_ids(self, tenant: str, doc_id: str) -> list[str]:
-        """Ids of the stored chunks of one document (`doc_id#0`, `doc_id#1`, ...)."""
-        current = self._find(tenant)
-        if current is None:
-            return []
-        found: list[str] = []
-        with current.lock:
-            while current.state.document(f"{doc_id}#{len(found)}") is not None:
-                found.append(f"{doc_id}#{len(found)}")
-        return found
-
     def stats(self, tenant: str) -> IndexCounts:
         current = self._find(tenant)
         if current is None:
@@ -411,6 +384,32 @@ class MemoryStore:
                     tenant = _Tenant(name, self._empty_state(self.config.initial_capacity))
                     self._tenants[name] = tenant
         return tenant
+
+    def _write(
+        self, tenant: str, documents: Sequence[Document], matrix: npt.NDArray[np.float32], held: frozenset[str] | None
+    ) -> None:
+        if not documents:
+            return
+        current = self._tenant(tenant)
+        with current.lock:
+            state = current.state
+            for i, doc in enumerate(documents):
+                old = state.document(doc.id)
+                if held is not None and old is not None and not old.labels <= held:
+                    raise PermissionDenied(f"documents[{i}].id: the caller may not replace document {doc.id!r}")
+            state.upsert(documents, matrix, threads=self.config.index_threads)
+
+    def _check_batch(self, documents: Sequence[Document], vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        if len(documents) > self.config.max_documents_per_put:
+            raise InvalidArgument(f"documents: at most {self.config.max_documents_per_put} per call")
+        matrix = self._check_vectors(vectors, len(documents), "vectors")
+        seen: set[str] = set()
+        for i, doc in enumerate(documents):
+            self._check_document(doc, f"documents[{i}]")
+            if doc.id in seen:
+                raise InvalidArgument(f"documents[{i}].id: {doc.id!r} appears twice in one call")
+            seen.add(doc.id)
+        return matrix
 
     def _empty_state(self, capacity: int) -> IndexState[Document]:
         c = self.config

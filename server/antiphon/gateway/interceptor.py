@@ -1,0 +1,265 @@
+"""The gateway as one grpc.aio server interceptor: authenticate, authorise, limit, meter.
+
+For every method that is not public (health, reflection), the interceptor hands gRPC
+a wrapped handler of the same kind. The wrapper runs in the RPC's own task, before
+the servicer's code (nothing of it runs for a refused call), in this order:
+
+  1. authentication          UNAUTHENTICATED (one message for every failure)
+  2. RBAC on the method      PERMISSION_DENIED
+     and its implied action
+  3. request rate            RESOURCE_EXHAUSTED + RetryInfo
+  4. budget (metered calls)  RESOURCE_EXHAUSTED + RetryInfo (next month)
+  5. stream slot (streams)   RESOURCE_EXHAUSTED + RetryInfo
+
+then sets the call's context variable (principal, credential, deadline, policy) and
+calls the servicer. Streams end with DEADLINE_EXCEEDED past ``limits.max_stream_s``;
+unary responses that carry usage (tool calls, documents, searches) are metered.
+A RESOURCE_EXHAUSTED carries ``grpc-status-details-bin`` (google.rpc.Status with a
+RetryInfo) and a plain ``retry-after-ms`` trailer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs shipped
+from prometheus_client import CollectorRegistry
+
+from antiphon.config import Settings
+from antiphon.errors import AntiphonError, PermissionDenied, ResourceExhausted, Unavailable, status_of
+from antiphon.gateway.auth import Authenticator, Unauthenticated
+from antiphon.gateway.context import CallContext, current_call, set_call
+from antiphon.gateway.keys import FileKeyStore, KeyStore, RedisKeyStore, redis_client
+from antiphon.gateway.limits import Limiter, MemoryLimiter, RateLimited, RedisLimiter
+from antiphon.gateway.metrics import GatewayMetrics
+from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
+from antiphon.gateway.rbac import DENIED, Policy
+from antiphon.gateway.usage import BUDGETED_METHODS, RESPONSE_METERS, MemoryLedger, Metering, RedisLedger
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[..., Any]
+
+
+def retry_trailers(code: grpc.StatusCode, message: str, retry_after_s: float) -> tuple[tuple[str, Any], ...]:
+    """Trailing metadata telling a client when to retry: google.rpc.RetryInfo, and retry-after-ms."""
+    ms = max(1, math.ceil(retry_after_s * 1000))
+    status = status_pb2.Status(code=code.value[0], message=message)
+    delay = Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return (("grpc-status-details-bin", status.SerializeToString()), ("retry-after-ms", str(ms)))
+
+
+def _reason(exc: AntiphonError) -> str:
+    if isinstance(exc, Unauthenticated):
+        return "unauthenticated"
+    if isinstance(exc, PermissionDenied):
+        return "permission_denied"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, ResourceExhausted):
+        return "budget"
+    return "unavailable"
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: AntiphonError) -> None:
+    """End the call with the error's status (and retry trailers when it has a retry delay)."""
+    code, message = status_of(exc)
+    retry_after_s: float | None = getattr(exc, "retry_after_s", None)
+    trailers = retry_trailers(code, message, retry_after_s) if retry_after_s is not None else ()
+    await context.abort(code, message, trailing_metadata=trailers)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    keys: KeyStore
+    auth: Authenticator
+    policy: Policy
+    limiter: Limiter
+    metering: Metering
+    metrics: GatewayMetrics
+    redis: Any = None
+
+    def __post_init__(self) -> None:
+        self.interceptor = GatewayInterceptor(self)
+
+    async def start(self) -> None:
+        await self.keys.start()
+        await self.limiter.start()
+        await self.metering.start()
+
+    async def aclose(self) -> None:
+        await self.metering.aclose()
+        await self.limiter.aclose()
+        await self.keys.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+            await self.redis.connection_pool.aclose()
+            self.redis = None
+
+    def principal_of(self, _context: grpc.aio.ServicerContext) -> Principal:
+        """The caller of the RPC being served (App.principal_of)."""
+        call = current_call()
+        if call is not None:
+            return call.principal
+        if not self.auth.required:
+            return EMBEDDED_PRINCIPAL
+        raise Unauthenticated  # a handler the gateway did not wrap: fail closed
+
+
+def build_gateway(settings: Settings, registry: CollectorRegistry) -> Gateway:
+    """Key store, limiter and ledger in process, or in Redis when context.sessions = "redis"."""
+    c = settings.context
+    metrics = GatewayMetrics.create(registry)
+    redis: Any = None
+    keys: KeyStore
+    limiter: Limiter
+    if c.sessions == "redis":
+        redis = redis_client(c.redis_url)
+        keys = RedisKeyStore(c.redis_url, prefix=c.redis_prefix, cache_ms=settings.auth.key_cache_ms, client=redis)
+        limiter = RedisLimiter(settings.limits, keys, redis, prefix=c.redis_prefix)
+        ledger: MemoryLedger | RedisLedger = RedisLedger(redis, prefix=c.redis_prefix)
+    else:
+        keys = FileKeyStore(settings.auth.keys_file)
+        limiter = MemoryLimiter(settings.limits, keys)
+        ledger = MemoryLedger()
+    metering = Metering(ledger, limiter, keys, limits=settings.limits, pricing=settings.pricing, metrics=metrics)
+    return Gateway(
+        settings=settings,
+        keys=keys,
+        auth=Authenticator(settings.auth, keys),
+        policy=Policy.from_settings(settings.auth),
+        limiter=limiter,
+        metering=metering,
+        metrics=metrics,
+        redis=redis,
+    )
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self._max_stream_s = gateway.settings.limits.max_stream_s
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._stream_ids = itertools.count()
+        self._instance = secrets.token_hex(4)
+        self._admitted: dict[str, Any] = {}  # tenant -> its requests counter (labels() costs ~1 µs a call)
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or self._gw.policy.is_public(method):
+            return handler
+        entry = self._wrapped.get(method)
+        if entry is None or entry[0] is not handler:
+            entry = (handler, self._wrap(method, handler))
+            self._wrapped[method] = entry
+        return entry[1]
+
+    async def _admit(self, context: grpc.aio.ServicerContext, method: str, stream_id: str | None) -> CallContext:
+        gw = self._gw
+        tenant = ""
+        try:
+            identity = await gw.auth.authenticate(context.invocation_metadata())
+            principal = identity.principal
+            tenant = principal.tenant
+            if not gw.policy.allows_method(principal.roles, method):
+                raise PermissionDenied(DENIED)
+            await gw.limiter.admit_request(tenant, identity.credential)
+            if method in BUDGETED_METHODS:
+                await gw.metering.check_budget(tenant)
+            if stream_id is not None:
+                await gw.limiter.open_stream(tenant, identity.credential, stream_id)
+        except AntiphonError as exc:
+            gw.metrics.rejected.labels(tenant, _reason(exc)).inc()
+            if isinstance(exc, Unavailable):
+                log.warning("gateway store unavailable for %s: %s", method, exc.message)
+            await abort_with(context, exc)
+            raise  # unreachable: abort raises
+        counter = self._admitted.get(tenant)
+        if counter is None:
+            counter = self._admitted[tenant] = gw.metrics.requests.labels(tenant)
+        counter.inc()
+        deadline = None
+        remaining = context.time_remaining()
+        if stream_id is not None and self._max_stream_s > 0:
+            remaining = self._max_stream_s if remaining is None else min(remaining, self._max_stream_s)
+        if remaining is not None:
+            deadline = asyncio.get_running_loop().time() + remaining
+        call = CallContext(principal, identity.credential, method, deadline, gw.policy)
+        set_call(call)
+        return call
+
+    def _wrap(self, method: str, h: Any) -> Any:
+        if not h.response_streaming:
+            return self._wrap_unary(method, h)
+        inner: Behavior = h.stream_stream if h.request_streaming else h.unary_stream
+        limiter = self._gw.limiter
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            stream_id = f"{self._instance}:{next(self._stream_ids)}"
+            call = await self._admit(context, method, stream_id)
+            try:
+                result = inner(request, context)
+                if inspect.isawaitable(result):  # a handler that writes with context.write()
+                    await result
+                    return
+                async with contextlib.aclosing(result) as messages:
+                    async for message in self._bounded(messages, context):
+                        yield message
+            finally:
+                await limiter.close_stream(call.principal.tenant, call.credential, stream_id)
+
+        factory = grpc.stream_stream_rpc_method_handler if h.request_streaming else grpc.unary_stream_rpc_method_handler
+        return factory(stream, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer)
+
+    def _wrap_unary(self, method: str, h: Any) -> Any:
+        inner: Behavior = h.stream_unary if h.request_streaming else h.unary_unary
+        meter = RESPONSE_METERS.get(method)
+        metering = self._gw.metering
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = await self._admit(context, method, None)
+            response = await inner(request, context)
+            if meter is not None and response is not None:
+                metering.record(call.principal.tenant, meter(request, response))
+            return response
+
+        factory = grpc.stream_unary_rpc_method_handler if h.request_streaming else grpc.unary_unary_rpc_method_handler
+        return factory(unary, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer)
+
+    async def _bounded(self, messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The handler's messages, until limits.max_stream_s: then DEADLINE_EXCEEDED (the handler is cancelled)."""
+        if self._max_stream_s <= 0:
+            async for message in messages:
+                yield message
+            return
+        end = asyncio.get_running_loop().time() + self._max_stream_s
+        while True:
+            timeout = asyncio.timeout_at(end)
+            try:
+                async with timeout:
+                    message = await anext(messages)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the stream reached the server's limit of {self._max_stream_s:g} s (limits.max_stream_s); "
+                    "open a new stream to continue the session",
+                )
+            yield message

@@ -1,0 +1,169 @@
+"""Two server processes, one Redis, auth.mode = "required": one rate budget, one key store, one quota."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from antiphon.gateway.keys import RedisKeyStore, new_key
+from antiphon.v1 import admin_pb2, admin_pb2_grpc
+from antiphon_client import AntiphonClient
+from tests.integration.conftest import REPO, models_dir, require_model
+from tests.redis_server import RedisServer, free_port
+
+TENANT_RPS = 20  # tenant requests per second; the bucket holds one second of it
+REVOCATION_BOUND_S = 1.0  # the key cache's bound; pub/sub makes it milliseconds in practice
+
+
+@dataclass
+class Workers:
+    addresses: list[str]
+    redis_url: str
+    prefix: str
+    admin_key: str
+    reader_key: str
+
+
+async def _serve(redis: RedisServer, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(sys.path),
+        ANTIPHON_CONTEXT_SESSIONS="redis",
+        ANTIPHON_CONTEXT_REDIS_URL=redis.url,
+        ANTIPHON_CONTEXT_REDIS_PREFIX=prefix,
+        ANTIPHON_AUTH_MODE="required",
+        ANTIPHON_LIMITS_TENANT_REQUESTS_PER_S=str(TENANT_RPS),
+        ANTIPHON_LIMITS_BURST_S="1",
+        ANTIPHON_TELEMETRY_METRICS_PORT="0",
+        ANTIPHON_TOOLS_DIR="",
+        ANTIPHON_LOG_LEVEL="warning",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir()),
+        env=env, cwd=REPO,
+    )  # fmt: skip
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def workers(redis_server: RedisServer) -> AsyncIterator[Workers]:
+    require_model()
+    prefix = f"gw{uuid.uuid4().hex[:8]}"
+    store = RedisKeyStore(redis_server.url, prefix=prefix, cache_ms=0)
+    admin_key, admin = new_key("acme", ["admin"])
+    reader_key, reader = new_key("acme", ["reader"])
+    await store.add(admin)
+    await store.add(reader)
+    await store.aclose()
+    started = [await _serve(redis_server, prefix) for _ in range(2)]
+    try:
+        for _, address in started:
+            async with AntiphonClient(address) as client:
+                await client.wait_ready(120)
+        yield Workers([a for _, a in started], redis_server.url, prefix, admin_key, reader_key)
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+
+
+async def _burst(stubs: list[admin_pb2_grpc.AdminStub], key: str, n: int) -> tuple[int, int, float]:
+    """n concurrent ListModels, alternating workers: (passed, refused, seconds it took)."""
+    md = (("x-api-key", key),)
+
+    async def one(i: int) -> grpc.StatusCode:
+        try:
+            await stubs[i % 2].ListModels(admin_pb2.ListModelsRequest(), metadata=md, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    codes = await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = loop.time() - t0
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    passed = codes.count(grpc.StatusCode.OK)
+    return passed, n - passed, elapsed
+
+
+async def _code(call: Awaitable[object]) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_one_rate_budget_key_store_and_quota_across_workers(workers: Workers) -> None:
+    channels = [grpc.aio.insecure_channel(a) for a in workers.addresses]
+    stubs = [admin_pb2_grpc.AdminStub(c) for c in channels]
+    admin_md = (("x-api-key", workers.admin_key),)
+    try:
+        for stub in stubs:  # connections up, before the clock matters
+            await stub.ListModels(admin_pb2.ListModelsRequest(), metadata=admin_md)
+        await asyncio.sleep(1.1)  # the bucket refills
+
+        # 1. Rate: both workers draw on one bucket of TENANT_RPS x 1 s.
+        passed, refused, elapsed = await _burst(stubs, workers.reader_key, 120)
+        bound = TENANT_RPS + TENANT_RPS * elapsed + 1
+        print(f"rate: {passed} passed, {refused} refused in {elapsed * 1000:.0f} ms (bound {bound:.1f})")
+        assert TENANT_RPS <= passed <= bound
+        assert passed < 2 * TENANT_RPS  # per-worker buckets would have let 2 x TENANT_RPS through
+        await asyncio.sleep(1.1)  # the tenant's bucket refills for the admin calls below
+
+        # 2. A quota set through one worker limits the tenant on the other.
+        globex_key = (
+            await stubs[0].CreateKey(admin_pb2.CreateKeyRequest(tenant="globex", roles=["reader"]), metadata=admin_md)
+        ).key
+        reply = await stubs[0].SetQuota(
+            admin_pb2.SetQuotaRequest(tenant="globex", requests_per_second=5), metadata=admin_md
+        )
+        assert reply.quota.requests_per_second == 5
+        passed, _, elapsed = await _burst([stubs[1], stubs[1]], globex_key, 30)
+        assert 5 <= passed <= 5 + 5 * elapsed + 1
+
+        # 3. A key revoked through one worker fails on the other from the next call on.
+        created = await stubs[0].CreateKey(admin_pb2.CreateKeyRequest(roles=["admin"]), metadata=admin_md)
+        md = (("x-api-key", created.key),)
+        await stubs[1].ListKeys(admin_pb2.ListKeysRequest(), metadata=md)  # now cached on worker 1
+        await stubs[0].RevokeKey(admin_pb2.RevokeKeyRequest(key_id=created.info.key_id), metadata=admin_md)
+        loop = asyncio.get_running_loop()
+        revoked_at = loop.time()
+        while (code := await _code(stubs[1].ListKeys(admin_pb2.ListKeysRequest(), metadata=md))) == grpc.StatusCode.OK:
+            assert loop.time() - revoked_at < REVOCATION_BOUND_S, "the other worker still accepts a revoked key"
+            await asyncio.sleep(0.005)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        print(f"revocation: refused by the other worker after {(loop.time() - revoked_at) * 1000:.1f} ms")
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def test_stream_slots_are_shared_across_workers(workers: Workers) -> None:
+    async with grpc.aio.insecure_channel(workers.addresses[0]) as channel:
+        await admin_pb2_grpc.AdminStub(channel).SetQuota(
+            admin_pb2.SetQuotaRequest(tenant="acme", max_concurrent_streams=1, requests_per_second=1000),
+            metadata=(("x-api-key", workers.admin_key),),
+        )
+    async with (
+        AntiphonClient(workers.addresses[0], api_key=workers.admin_key) as a,
+        AntiphonClient(workers.addresses[1], api_key=workers.admin_key) as b,
+    ):
+        conv = await a.conversation()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await b.conversation()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "concurrent streams" in (err.value.details() or "")
+        await conv.end()
+        assert [e async for e in conv.events()] == []
+        conv = await b.conversation()  # the slot was released on worker a
+        await conv.end()
