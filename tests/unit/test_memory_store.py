@@ -16,12 +16,11 @@ from antiphon.context.memory import (
     Document,
     MemoryConfig,
     MemoryStore,
-    PermissionDenied,
     SearchResult,
     chunk_text,
 )
 from antiphon.context.search_plan import PlannerConfig, SearchPlan, choose_plan, exact_top_k, search_ef
-from antiphon.errors import InvalidArgument, Unavailable
+from antiphon.errors import InvalidArgument, PermissionDenied, Unavailable
 from antiphon.gateway.principal import Principal
 
 DIM = 16

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_CHARS = 256 * 1024
 MAX_DOCUMENTS_PER_CALL = 256
+MAX_CHUNKS_PER_CALL = 1024
+COMPACT_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +67,13 @@ class DocumentService:
         # Without Redis the indexes are the only copy: saved at shutdown, loaded at start.
         self._persist_dir = persist_dir if redis is None else None
         self._follower: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
         self.applied = 0  # change-log entries applied from other workers
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._compactor = asyncio.create_task(self._compact_periodically(), name="memory-compaction")
         if self._redis is None:
             if self._persist_dir is not None and (self._persist_dir / "memory.json").is_file():
                 await asyncio.get_running_loop().run_in_executor(None, self.store.load, self._persist_dir)
@@ -83,10 +87,11 @@ class DocumentService:
         self._follower = asyncio.create_task(self._follow(last), name="memory-changelog")
 
     async def aclose(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        for task in (self._follower, self._compactor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._persist_dir is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.store.save, self._persist_dir)
         await self.embedder.aclose()
@@ -117,13 +122,18 @@ class DocumentService:
             chunks += [
                 Document(c.id, c.text, doc.labels, meta, doc.source) for c in chunk_text(doc.text, doc_id=doc.id)
             ]
+        if len(chunks) > MAX_CHUNKS_PER_CALL:
+            raise InvalidArgument(
+                f"documents: {len(chunks)} chunks exceed {MAX_CHUNKS_PER_CALL} per call; "
+                "send fewer or shorter documents"
+            )
         vectors = await self.embedder.embed([c.text for c in chunks])
         # Replacing a document: its old chunks go first (a shorter text has fewer chunks).
         stale = [c for d in documents for c in await self._chunk_ids(principal.tenant, d.id)]
         await self.store.put(principal, chunks, vectors)  # checks labels; raises before anything is written
         fresh = {c.id for c in chunks}
         if gone := [cid for cid in stale if cid not in fresh]:
-            self.store.apply_delete(principal.tenant, gone)
+            await self._off_loop(self.store.apply_delete, principal.tenant, gone)
         if self._redis is not None:
             await self._write_redis(principal.tenant, documents, chunks, vectors, gone)
         return [d.id for d in documents], len(chunks)
@@ -240,18 +250,33 @@ class DocumentService:
                         continue  # applied locally when it was written
                     await self._apply(fields)
 
+    def _replace(self, tenant: str, doc_id: str, chunks: list[Document], vectors: np.ndarray) -> None:
+        self.store.apply_delete(tenant, self.store.chunk_ids(tenant, doc_id))
+        self.store.apply_put(tenant, chunks, vectors)
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        """Index writes take the tenant's lock and touch hnswlib: never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _compact_periodically(self) -> None:
+        """Rebuild indexes whose deleted slots pass the threshold, so deleted vectors leave memory."""
+        while True:
+            await asyncio.sleep(COMPACT_EVERY_S)
+            rebuilt = await self.store.compact()
+            if rebuilt:
+                log.info("memory compacted", extra={"tenants": rebuilt})
+
     async def _apply(self, fields: dict[bytes, bytes]) -> None:
         op, tenant, doc_id = (fields[k].decode() for k in (b"op", b"tenant", b"doc"))
         try:
             if op == "put":
                 loaded = await self._load_doc(tenant, doc_id)
                 if loaded is not None:  # None: deleted since; its delete entry follows
-                    self.store.apply_delete(tenant, self.store.chunk_ids(tenant, doc_id))
-                    self.store.apply_put(tenant, loaded[0], loaded[1])
+                    await self._off_loop(self._replace, tenant, doc_id, loaded[0], loaded[1])
             elif op == "delete":
-                self.store.apply_delete(tenant, self.store.chunk_ids(tenant, doc_id))
+                await self._off_loop(lambda: self.store.apply_delete(tenant, self.store.chunk_ids(tenant, doc_id)))
             elif op == "drop":
-                self.store.apply_delete(tenant, [doc_id])
+                await self._off_loop(self.store.apply_delete, tenant, [doc_id])
             self.applied += 1
         except (RedisError, OSError) as exc:
             log.warning("could not apply change %s for %s: %s", op, doc_id, exc)

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
 from antiphon.context.search_plan import IndexCounts, IndexState, PlannerConfig, SearchPlan
-from antiphon.errors import AntiphonError, InvalidArgument, Unavailable
+from antiphon.errors import InvalidArgument, PermissionDenied, Unavailable
 from antiphon.gateway.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -46,15 +45,6 @@ MAX_TOP_K = 100
 MAX_ID_CHARS = 256
 FORMAT_VERSION = 1
 _T = TypeVar("_T")
-
-
-class PermissionDenied(AntiphonError):
-    """The caller may not do this (here: write or replace labels it does not hold).
-
-    Local until errors.py gains the class; the API layer maps it by `code`.
-    """
-
-    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 @dataclass(frozen=True, slots=True)

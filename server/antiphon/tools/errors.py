@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import grpc
 
-from antiphon.errors import AntiphonError
+from antiphon.errors import AntiphonError, PermissionDenied
 
 ToolErrorKind = Literal[
     "invalid_arguments",
@@ -78,7 +78,4 @@ class ToolError(AntiphonError):
         return f"ToolError({self.kind!r}, {self.message!r})"
 
 
-class PermissionDenied(AntiphonError):
-    """The caller lacks the role an operation needs. (To move to antiphon.errors.)"""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
+__all__ = ["PermissionDenied", "ToolError", "ToolErrorKind"]
