@@ -113,8 +113,8 @@ setup(
         "uvloop>=0.21",
         "numpy>=1.26",
         "onnxruntime-genai==0.18.*",
-        "tokenizers>=0.20",
-        "onnxruntime>=1.20",  # the embedder; also what onnxruntime-genai runs on  # token counting for the context budget, in process
+        "tokenizers>=0.20",  # token counting for the context budget, in process
+        "onnxruntime>=1.20",  # the embedder; also what onnxruntime-genai runs on
         "opentelemetry-api>=1.30",
         "opentelemetry-sdk>=1.30",
         "opentelemetry-exporter-otlp-proto-grpc>=1.30",
