@@ -39,6 +39,12 @@ def _print_event(event: pb.ServerEvent, stats: bool) -> None:
         sys.stdout.flush()
     elif kind == "error":
         print(f"\n[error {_CODE_NAMES.get(event.error.code, 'UNKNOWN')}] {event.error.message}", file=sys.stderr)
+    elif kind == "tool_call":
+        where = "client" if event.tool_call.runs_on == pb.ToolCall.RUNS_ON_CLIENT else "server"
+        print(f"[tool {event.tool_call.name} ({where}) {event.tool_call.arguments_json}]", file=sys.stderr)
+    elif kind == "tool_result":
+        result = event.tool_result
+        print(f"[tool result {'ok' if result.ok else 'error'}: {result.output_json or result.error}]", file=sys.stderr)
     elif kind == "turn_end":
         print()
         if stats:
