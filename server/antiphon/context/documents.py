@@ -157,6 +157,8 @@ class DocumentService:
 
     async def retrieve(self, principal: Principal, query: str, top_k: int, min_score: float) -> list[RetrievedMemory]:
         """The context builder's retriever: the principal's most relevant chunks."""
+        if self.store.stats(principal.tenant).live == 0:
+            return []  # nothing stored for this tenant: skip embedding the query (a few ms per turn)
         result = await self.search(principal, query, top_k, min_score)
         return [RetrievedMemory(h.document.id, h.document.text, h.score) for h in result.hits]
 
