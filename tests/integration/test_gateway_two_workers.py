@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -15,8 +13,9 @@ import pytest
 from antiphon.gateway.keys import RedisKeyStore, new_key
 from antiphon.v1 import admin_pb2, admin_pb2_grpc
 from antiphon_client import AntiphonClient
-from tests.integration.conftest import REPO, models_dir, require_model
-from tests.redis_server import RedisServer, free_port
+from tests.integration.conftest import require_model
+from tests.integration.server_process import serve
+from tests.redis_server import RedisServer
 
 TENANT_RPS = 20  # tenant requests per second; the bucket holds one second of it
 REVOCATION_BOUND_S = 1.0  # the key cache's bound; pub/sub makes it milliseconds in practice
@@ -32,25 +31,15 @@ class Workers:
 
 
 async def _serve(redis: RedisServer, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(sys.path),
-        ANTIPHON_CONTEXT_SESSIONS="redis",
-        ANTIPHON_CONTEXT_REDIS_URL=redis.url,
-        ANTIPHON_CONTEXT_REDIS_PREFIX=prefix,
-        ANTIPHON_AUTH_MODE="required",
-        ANTIPHON_LIMITS_TENANT_REQUESTS_PER_S=str(TENANT_RPS),
-        ANTIPHON_LIMITS_BURST_S="1",
-        ANTIPHON_TELEMETRY_METRICS_PORT="0",
-        ANTIPHON_TOOLS_DIR="",
-        ANTIPHON_LOG_LEVEL="warning",
+    return await serve(
+        CONTEXT_SESSIONS="redis",
+        CONTEXT_REDIS_URL=redis.url,
+        CONTEXT_REDIS_PREFIX=prefix,
+        AUTH_MODE="required",
+        LIMITS_TENANT_REQUESTS_PER_S=str(TENANT_RPS),
+        LIMITS_BURST_S="1",
+        TOOLS_DIR="",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir()),
-        env=env, cwd=REPO,
-    )  # fmt: skip
-    return proc, f"127.0.0.1:{port}"
 
 
 @pytest.fixture

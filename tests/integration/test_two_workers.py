@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -14,27 +12,15 @@ import pytest
 from antiphon.inference.prepare_embedder import is_embedder_prepared
 from antiphon.v1 import context_pb2, context_pb2_grpc
 from antiphon_client import AntiphonClient
-from tests.integration.conftest import REPO, models_dir, require_model
-from tests.redis_server import RedisServer, free_port
+from tests.integration.conftest import models_dir, require_model
+from tests.integration.server_process import serve
+from tests.redis_server import RedisServer
 
 CHANGE_LOG_BOUND_S = 5.0
 
 
 async def _serve(redis: RedisServer) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(sys.path),
-        ANTIPHON_CONTEXT_SESSIONS="redis",
-        ANTIPHON_CONTEXT_REDIS_URL=redis.url,
-        ANTIPHON_TELEMETRY_METRICS_PORT="0",
-        ANTIPHON_LOG_LEVEL="warning",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port), "--models-dir", str(models_dir()),
-        env=env, cwd=REPO,
-    )  # fmt: skip
-    return proc, f"127.0.0.1:{port}"
+    return await serve(CONTEXT_SESSIONS="redis", CONTEXT_REDIS_URL=redis.url)
 
 
 @pytest.fixture

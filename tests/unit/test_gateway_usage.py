@@ -17,7 +17,7 @@ from antiphon.config import LimitsSettings, PricingSettings
 from antiphon.context.documents import DocumentService
 from antiphon.context.memory import MemoryStore
 from antiphon.errors import InvalidArgument, Unavailable
-from antiphon.gateway.keys import RedisKeyStore, redis_client
+from antiphon.gateway.keys import RedisKeyStore
 from antiphon.gateway.limits import RedisLimiter
 from antiphon.gateway.metrics import GatewayMetrics
 from antiphon.gateway.principal import Principal
@@ -30,6 +30,7 @@ from antiphon.gateway.usage import (
     period_of,
     seconds_to_next_period,
 )
+from antiphon.redis_support import redis_client
 from antiphon.v1 import admin_pb2, admin_pb2_grpc, context_pb2, context_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
 from antiphon_client import AntiphonClient

@@ -26,9 +26,10 @@ from redis.exceptions import RedisError
 
 from antiphon.context.builder import RetrievedMemory
 from antiphon.context.memory import Document, MemoryStore, SearchResult, chunk_text
-from antiphon.errors import InvalidArgument, Unavailable
+from antiphon.errors import InvalidArgument
 from antiphon.gateway.principal import Principal
 from antiphon.inference.embedder import Embedder
+from antiphon.redis_support import close_redis, unavailable_on_redis_error
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,7 @@ class DocumentService:
         await self.embedder.aclose()
         await self.store.aclose()
         if self._redis is not None:
-            await self._redis.aclose()
-            await self._redis.connection_pool.aclose()
+            await close_redis(self._redis)
 
     # ------------------------------------------------------------------ API
 
@@ -170,15 +170,8 @@ class DocumentService:
     async def _chunk_ids(self, tenant: str, doc_id: str) -> list[str]:
         return self.store.chunk_ids(tenant, doc_id)
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, what: str) -> Any:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            log.warning("redis %s failed: %s", what, exc)
-            raise Unavailable(
-                f"the document store is unavailable ({what}); retry — the write was not acknowledged"
-            ) from None
+    def _errors(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return unavailable_on_redis_error("document store", what, "retry; the write was not acknowledged")
 
     async def _write_redis(
         self, tenant: str, documents: Sequence[DocumentInput], chunks: list[Document], vectors: Any, gone: list[str]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from antiphon.config import Settings
 from antiphon.context.documents import DocumentService
 from antiphon.context.memory import MemoryStore
 from antiphon.errors import Unavailable
 from antiphon.inference.embedder import Embedder, OnnxEmbedder
 from antiphon.inference.prepare_embedder import EMBEDDER_MODEL_NAME, is_embedder_prepared
+from antiphon.redis_support import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,6 @@ async def open_documents(settings: Settings) -> DocumentService | None:
     client = None
     if c.sessions == "redis":
         # Binary-safe client: vectors are stored as raw float32 bytes.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            c.redis_url, max_connections=32, timeout=2.0, socket_timeout=5.0, socket_connect_timeout=2.0
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        client = redis_client(c.redis_url, max_connections=32, timeout_s=5.0, decode_responses=False)
     persist = Path(c.memory_dir) if c.memory_dir else None
     return DocumentService(MemoryStore(), embedder, redis=client, prefix=c.redis_prefix, persist_dir=persist)

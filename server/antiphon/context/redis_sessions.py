@@ -16,13 +16,12 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from antiphon.context.sessions import SessionRecord, SessionStore, TurnRecord, VersionConflict
 from antiphon.errors import Unavailable
+from antiphon.redis_support import close_redis, redis_client, unavailable_on_redis_error
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +41,7 @@ class RedisSessionStore(SessionStore):
         max_connections: int = 64,
         timeout_s: float = 2.0,
     ) -> None:
-        # BlockingConnectionPool: past max_connections callers wait instead of failing
-        # (the default pool raises MaxConnectionsError past its limit).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-        )
-        self._pool = pool
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = redis_client(url, max_connections=max_connections, timeout_s=timeout_s)
         self._prefix = prefix
         self._ttl_ms = int(ttl_s * 1000)
         self._lease_ms = int(lease_ttl_s * 1000)
@@ -67,13 +55,8 @@ class RedisSessionStore(SessionStore):
         async with self._errors("ping"):
             await self._redis.ping()
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, what: str) -> Any:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            log.warning("redis %s failed: %s", what, exc)
-            raise Unavailable(f"the session store is unavailable ({what}); retry shortly") from None
+    def _errors(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return unavailable_on_redis_error("session store", what)
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None:
         key = self._key(tenant, session_id)
@@ -121,7 +104,7 @@ class RedisSessionStore(SessionStore):
                 current = int(await pipe.hget(key, "version") or -1)
                 if current != expected_version:
                     raise VersionConflict(f"session {session_id!r} is at version {current}, not {expected_version}")
-                pipe.multi()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                pipe.multi()
                 pipe.ltrim(key + ":turns", drop_turns, -1)
                 pipe.hset(key, "summary", summary)
                 pipe.hincrby(key, "version", 1)
@@ -172,5 +155,4 @@ class RedisSessionStore(SessionStore):
             task.cancel()
         await asyncio.gather(*self._refreshers.values(), return_exceptions=True)
         self._refreshers.clear()
-        await self._redis.aclose()
-        await self._pool.aclose()  # a pool passed in is not closed by the client
+        await close_redis(self._redis)

