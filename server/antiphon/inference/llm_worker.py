@@ -27,10 +27,24 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from antiphon.inference.llm import SamplingOptions
 from antiphon.inference.stop_strings import StopMatcher
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 << 20
+
+
+def options_to_wire(options: SamplingOptions) -> dict[str, Any]:
+    """SamplingOptions as the worker (and the Triton model, which runs the worker) reads them."""
+    return {
+        "max_tokens": options.max_tokens,
+        "greedy": options.greedy,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "seed": options.seed,
+        "stop": list(options.stop),
+        "json_schema": options.json_schema,
+    }
 
 
 def write_frame(out: BinaryIO, message: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from antiphon.inference.llm import (
     ModelDescription,
     SamplingOptions,
 )
-from antiphon.inference.llm_worker import MAX_FRAME_BYTES
+from antiphon.inference.llm_worker import MAX_FRAME_BYTES, options_to_wire
 from antiphon.inference.prepare_llm import LLM_MODEL_NAME, is_llm_prepared, llm_model_dir
 
 log = logging.getLogger(__name__)
@@ -164,15 +164,7 @@ class OnnxGenaiLLM(LLM):
         proc = await self._ensure_worker()
         gid = next(self._ids)
         self._streams[gid] = stream
-        opts = {
-            "max_tokens": options.max_tokens,
-            "greedy": options.greedy,
-            "temperature": options.temperature,
-            "top_p": options.top_p,
-            "seed": options.seed,
-            "stop": list(options.stop),
-            "json_schema": options.json_schema,
-        }
+        opts = options_to_wire(options)
         start = {"op": "start", "id": gid, "prompt": prompt, "options": opts, "sent_monotonic": time.monotonic()}
         await self._write(proc, start)
         return gid

@@ -34,6 +34,7 @@ from antiphon.inference.llm import (
     ModelDescription,
     SamplingOptions,
 )
+from antiphon.inference.llm_worker import options_to_wire
 from antiphon.inference.prepare_llm import LLM_MODEL_NAME, is_llm_prepared, llm_model_dir
 
 LLM_TRITON_MODEL = "antiphon_llm"
@@ -143,15 +144,7 @@ class TritonLLM(LLM):
         await self._client.close()
 
     def _request(self, prompt: str, options: SamplingOptions) -> dict[str, Any]:
-        opts = {
-            "max_tokens": options.max_tokens,
-            "greedy": options.greedy,
-            "temperature": options.temperature,
-            "top_p": options.top_p,
-            "seed": options.seed,
-            "stop": list(options.stop),
-            "json_schema": options.json_schema,
-        }
+        opts = options_to_wire(options)
         inputs = []
         for name, value in (("prompt", prompt), ("options", json.dumps(opts))):
             tensor = InferInput(name, [1], "BYTES")
