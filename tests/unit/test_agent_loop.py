@@ -15,7 +15,7 @@ from antiphon.agent.loop import AgentLoop, decision_schema
 from antiphon.agent.tooling import RunsOn, ToolCallInfo, ToolOutcome
 from antiphon.app import App
 from antiphon.inference.llm import ChatMessage, GenerationStats, SamplingOptions
-from antiphon.v1 import conversation_pb2_grpc
+from antiphon.v1 import admin_pb2, admin_pb2_grpc, conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
 from tests.conftest import test_settings
 from tests.fakes import FakeLLM, RecordingSink
@@ -157,8 +157,12 @@ async def test_calculator_tool_and_client_tool_over_grpc() -> None:
                 if event.HasField("turn_end"):
                     break
             await call.done_writing()
+            await asyncio.sleep(0.05)  # the ledger is written in the background
+            usage = await admin_pb2_grpc.AdminStub(channel).GetUsage(admin_pb2.GetUsageRequest())
     finally:
         await app.stop(grace_s=1)
+    assert usage.tool_calls == 2  # the agent's tool calls are metered (server and client)
+    assert usage.tool_fuel > 0  # and the fuel the wasm call burnt
     calls = [e.tool_call for e in seen if e.HasField("tool_call")]
     results = [e.tool_result for e in seen if e.HasField("tool_result")]
     assert [(c.name, c.runs_on) for c in calls] == [

@@ -107,6 +107,8 @@ async def test_newsletter_lead_delegates_and_uses_the_style_guide(fact_site: str
     assert "Draft" in json.loads(results[1].output_json)["answer"]
     assert "".join(e.agent_text.delta for e in events if e.HasField("agent_text")) == "Acme grew 40%."
     assert events[-1].turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+    # Every token any agent generated in this turn is counted in its usage (the sub-agents' too).
+    assert events[-1].turn_end.usage.output_tokens == llm.produced
     final_prompt = llm.prompts[-1]
     assert "Newsletter style guide" in final_prompt[0].content  # retrieved from memory into the lead's context
     assert any("Result of agent_writer" in m.content for m in final_prompt)

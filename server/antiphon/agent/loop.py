@@ -163,6 +163,7 @@ class AgentLoop:
         tool = self._tools[name]
         call = ToolCallInfo(new_call_id(), name, arguments_json, tool.runs_on)
         self.tool_calls += 1
+        self.stats.extra["tool_calls"] = self.stats.extra.get("tool_calls", 0.0) + 1
         with tr.tracer().start_as_current_span(f"execute_tool {name}") as span:
             span.set_attribute(tr.OPERATION, "execute_tool")
             span.set_attribute("gen_ai.tool.name", name)
@@ -170,6 +171,7 @@ class AgentLoop:
             await self._events.tool_call(call)
             outcome = await tool.call(call)
             span.set_attribute("antiphon.tool.ok", outcome.ok)
+        self.stats.extra["tool_fuel"] = self.stats.extra.get("tool_fuel", 0.0) + outcome.fuel_used
         await self._events.tool_result(outcome)
         return outcome
 
@@ -196,10 +198,17 @@ class AgentLoop:
             self.stats.finish_reason = stream.stats.finish_reason
 
     def _add(self, stats: GenerationStats) -> None:
-        self.stats.input_tokens += stats.input_tokens
-        self.stats.output_tokens += stats.output_tokens
-        self.stats.model_s += stats.model_s
-        self.stats.queue_s += stats.queue_s
+        add_usage(self.stats, stats)
+
+
+def add_usage(into: GenerationStats, stats: GenerationStats) -> None:
+    """Fold one model call's (or a sub-agent's) usage into a turn's."""
+    into.input_tokens += stats.input_tokens
+    into.output_tokens += stats.output_tokens
+    into.model_s += stats.model_s
+    into.queue_s += stats.queue_s
+    for key, value in stats.extra.items():
+        into.extra[key] = into.extra.get(key, 0.0) + value
 
 
 def _observation(name: str, outcome: ToolOutcome) -> ChatMessage:

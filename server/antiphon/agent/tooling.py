@@ -37,6 +37,7 @@ class ToolOutcome:
     ok: bool
     output_json: str = ""
     error: str = ""
+    fuel_used: int = 0  # wasm fuel the call burnt (server tools), for usage metering
 
     def for_model(self) -> str:
         text = self.output_json if self.ok else f"error: {self.error}"
@@ -71,8 +72,9 @@ class ServerTool:
         try:
             result = await self.registry.invoke(self.principal, self.name, call.arguments_json)
         except AntiphonError as exc:  # ToolError, PermissionDenied: the model reads what went wrong
-            return ToolOutcome(call.call_id, False, error=exc.message)
-        return ToolOutcome(call.call_id, True, output_json=json.dumps(result.output, separators=(",", ":")))
+            return ToolOutcome(call.call_id, False, error=exc.message, fuel_used=getattr(exc, "fuel_used", 0))
+        output = json.dumps(result.output, separators=(",", ":"))
+        return ToolOutcome(call.call_id, True, output_json=output, fuel_used=result.fuel_used)
 
 
 ClientCall = Callable[[ToolCallInfo], Awaitable[ToolOutcome]]

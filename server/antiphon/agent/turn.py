@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import Span, Status, StatusCode
 
-from antiphon.agent.loop import AgentLoop
+from antiphon.agent.loop import AgentLoop, add_usage
 from antiphon.agent.profiles import AgentProfile, ProfileRegistry
 from antiphon.agent.tooling import AgentTool, ClientTool, ServerTool, SubAgentTool, ToolCallInfo, ToolOutcome
 from antiphon.context.builder import ContextBuilder, ContextLimits, Retriever
@@ -170,7 +170,7 @@ class TurnRunner:
             try:
                 with t.start_as_current_span(f"chat {model}") as chat:
                     _request_attributes(chat, provider, model, state.options)
-                    tools = self.agent_tools(state.profile, state.principal, sink, depth=0)
+                    tools = self.agent_tools(state.profile, state.principal, sink, depth=0, stats=state.stats)
                     loop = AgentLoop(self._llm, tools, events, state.options, state.stats)
                     try:
                         if tools:
@@ -186,10 +186,13 @@ class TurnRunner:
             finally:
                 if self._usage is not None:  # gateway: meter what the turn used, even if it was cut short
                     self._usage.record_turn(state.principal, state.stats.input_tokens, state.stats.output_tokens)
+                    calls, fuel = state.stats.extra.get("tool_calls", 0), state.stats.extra.get("tool_fuel", 0)
+                    if calls:
+                        self._usage.record_tools(state.principal, int(calls), int(fuel))
                 await self._record(state)
 
     def agent_tools(
-        self, profile: AgentProfile, principal: Principal, sink: TurnSink | None, *, depth: int
+        self, profile: AgentProfile, principal: Principal, sink: TurnSink | None, *, depth: int, stats: GenerationStats
     ) -> list[AgentTool]:
         """The tools this profile may call in this turn: its server tools, its sub-agents, the client's tools."""
         tools: list[AgentTool] = []
@@ -207,26 +210,32 @@ class TurnRunner:
                     SubAgentTool(
                         f"agent_{name.replace('-', '_')}",
                         f"Ask the {name} agent to do a task; it answers in text.",
-                        functools.partial(self._run_subagent, sub, principal, depth=depth + 1),
+                        functools.partial(self._run_subagent, sub, principal, depth=depth + 1, usage=stats),
                     )
                 )
         if sink is not None:
             tools += [ClientTool(n, d, schema, sink.ask_client) for n, d, schema in sink.client_tools]
         return tools
 
-    async def _run_subagent(self, profile: AgentProfile, principal: Principal, task: str, *, depth: int) -> str:
+    async def _run_subagent(
+        self, profile: AgentProfile, principal: Principal, task: str, *, depth: int, usage: GenerationStats
+    ) -> str:
         """One whole turn of another profile on a task; its answer comes back as text."""
         with tr.tracer().start_as_current_span(f"invoke_agent {profile.name}") as span:
             span.set_attribute(tr.OPERATION, "invoke_agent")
             span.set_attribute(tr.AGENT_NAME, profile.name)
             collected = _Collector()
             messages = [ChatMessage("system", profile.system_prompt), ChatMessage("user", task)]
-            tools = self.agent_tools(profile, principal, None, depth=depth)
-            loop = AgentLoop(self._llm, tools, collected, profile.defaults, GenerationStats())
-            if tools:
-                await loop.run(messages, mode=profile.mode, max_steps=profile.max_steps)
-            else:
-                await loop.answer(messages)
+            stats = GenerationStats()
+            tools = self.agent_tools(profile, principal, None, depth=depth, stats=stats)
+            loop = AgentLoop(self._llm, tools, collected, profile.defaults, stats)
+            try:
+                if tools:
+                    await loop.run(messages, mode=profile.mode, max_steps=profile.max_steps)
+                else:
+                    await loop.answer(messages)
+            finally:
+                add_usage(usage, stats)  # the caller's turn pays for its sub-agents
             return "".join(collected.parts)
 
     async def _record(self, state: TurnState) -> None:

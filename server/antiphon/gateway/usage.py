@@ -205,6 +205,9 @@ class UsageSink(Protocol):
     def record_turn(self, principal: Principal, input_tokens: int, output_tokens: int) -> None:
         """Count a finished (or cancelled) turn's tokens; never blocks, never raises."""
 
+    def record_tools(self, principal: Principal, calls: int, fuel: int) -> None:
+        """Count the tool calls an agent made in a turn (and the wasm fuel they burnt)."""
+
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
@@ -290,6 +293,9 @@ class Metering:
     def record_turn(self, principal: Principal, input_tokens: int, output_tokens: int) -> None:
         self.record(principal.tenant, {"input_tokens": input_tokens, "output_tokens": output_tokens})
         self._limiter.debit("tpm", principal.tenant, current_credential(), input_tokens + output_tokens)
+
+    def record_tools(self, principal: Principal, calls: int, fuel: int) -> None:
+        self.record(principal.tenant, {"tool_calls": calls, "tool_fuel": fuel})
 
     def record_audio(self, principal: Principal, stt_seconds: float = 0.0, tts_seconds: float = 0.0) -> None:
         self.record(principal.tenant, {"stt_seconds": stt_seconds, "tts_seconds": tts_seconds})
