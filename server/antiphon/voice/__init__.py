@@ -1,0 +1,1 @@
+"""The voice path's Python stages (resampling, ...); per-frame kernels live in antiphon.native."""
