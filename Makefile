@@ -70,13 +70,16 @@ typecheck: build
 
 check: lint typecheck test
 
-bench: build models
+bench: build models tools redis-server
 	$(BIN)/python bench/bench_llm.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_server.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_memory.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_tools.py
 	$(BIN)/python bench/bench_triton.py
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_vad.py
+	$(BIN)/python bench/bench_gateway.py
 
 clean:
 	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/antiphon/native/*.c
