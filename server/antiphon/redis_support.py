@@ -16,6 +16,9 @@ def redis_client(url: str, *, max_connections: int = 64, timeout_s: float = 2.0,
     """A client on a BlockingConnectionPool: past max_connections callers wait instead of failing
     (the default pool raises MaxConnectionsError past its limit). Close it with `close_redis`."""
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -25,7 +28,9 @@ def redis_client(url: str, *, max_connections: int = 64, timeout_s: float = 2.0,
         socket_connect_timeout=timeout_s,
         decode_responses=decode_responses,
     )
-    return aioredis.Redis(connection_pool=pool)
+    # One immediate retry on a broken connection: after Redis restarts, pooled connections to the
+    # old process fail once ("Connection closed by server") and a fresh one succeeds.
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
 
 
 async def close_redis(client: Any) -> None:
