@@ -312,3 +312,19 @@ async def test_reflection_lists_every_service(server: RunningServer) -> None:
         "antiphon.v1.Admin",
         "grpc.health.v1.Health",
     } <= services
+
+
+async def test_deadline_stops_the_turn_on_the_server(server: RunningServer, fake_llm: FakeLLM) -> None:
+    """The caller's deadline bounds the turn: generation stops there, not only the client's wait."""
+    fake_llm.gate = asyncio.Event()  # the model would wait forever after its first token
+    call = _stub(server).Send(conversation_pb2.TextRequest(text="slow"), timeout=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):
+        if fake_llm.closed_streams:
+            break
+        await asyncio.sleep(0.01)
+    assert fake_llm.closed_streams == 1
+    assert server.app.streams.open_streams == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from antiphon.agent.profiles import AgentProfile
 from antiphon.agent.turn import TurnRunner, TurnState
 from antiphon.context.builder import ContextLimits
@@ -77,3 +79,20 @@ async def test_long_conversation_is_summarised_within_budget() -> None:
     assert any(m.content.startswith("Summarise the conversation") for p in llm.prompts for m in p)
     last = await runner.build_messages(TurnState("long", PROFILE, SamplingOptions(max_tokens=12), "next"))
     assert "Summary of the conversation so far" in last[0].content
+
+
+async def test_the_call_deadline_bounds_the_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import antiphon.agent.turn as turn_module
+    from antiphon.errors import DeadlineExceeded
+
+    monkeypatch.setattr(turn_module, "remaining_s", lambda: 0.1)  # as the gateway reports the call's deadline
+    store = MemorySessionStore()
+    await store.create("default", "late", "assistant")
+    llm = FakeLLM()
+    llm.gate = asyncio.Event()  # the model stalls after its first token
+    runner = TurnRunner(llm, store, Metrics.create(), limits=ContextLimits(context_tokens=4096))
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        await runner.run(TurnState("late", PROFILE, SamplingOptions(max_tokens=10), "hi"), RecordingSink())
+    assert llm.closed_streams == 1  # generation was stopped, not abandoned

@@ -7,6 +7,7 @@ text the user actually received.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
@@ -22,6 +23,8 @@ from antiphon.agent.tooling import AgentTool, ClientTool, ServerTool, SubAgentTo
 from antiphon.context.builder import ContextBuilder, ContextLimits, Retriever
 from antiphon.context.compression import CompressionPolicy, Summariser
 from antiphon.context.sessions import SessionStore, TurnRecord
+from antiphon.errors import DeadlineExceeded
+from antiphon.gateway.context import remaining_s
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.inference.llm import LLM, ChatMessage, FinishReason, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
@@ -155,6 +158,16 @@ class TurnRunner:
             )
 
     async def run(self, state: TurnState, sink: TurnSink) -> None:
+        """Run one turn; the call's deadline, if any, bounds everything in it (model, tools, sub-agents)."""
+        try:
+            async with asyncio.timeout(remaining_s()):
+                await self._run(state, sink)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the call's deadline passed during the turn; its model and tool calls were stopped"
+            ) from None
+
+    async def _run(self, state: TurnState, sink: TurnSink) -> None:
         model = self._llm.description.name
         provider = f"antiphon.{self._llm.description.backend}"
         t = tr.tracer()
