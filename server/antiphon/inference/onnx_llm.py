@@ -161,13 +161,22 @@ class OnnxGenaiLLM(LLM):
                 log.error("LLM worker exited", extra={"returncode": await proc.wait()})
 
     async def _submit(self, stream: _WorkerStream, prompt: str, options: SamplingOptions) -> int:
-        proc = await self._ensure_worker()
-        gid = next(self._ids)
-        self._streams[gid] = stream
         opts = options_to_wire(options)
-        start = {"op": "start", "id": gid, "prompt": prompt, "options": opts, "sent_monotonic": time.monotonic()}
-        await self._write(proc, start)
-        return gid
+        for _attempt in range(2):
+            proc = await self._ensure_worker()
+            gid = next(self._ids)
+            self._streams[gid] = stream
+            start = {"op": "start", "id": gid, "prompt": prompt, "options": opts, "sent_monotonic": time.monotonic()}
+            try:
+                await self._write(proc, start)
+                return gid
+            except ConnectionError:
+                # The worker died and has not been reaped yet: reap it, so the next try starts a new one.
+                self._streams.pop(gid, None)
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+        raise Unavailable("the language model worker keeps exiting; the server log has its error")
 
     async def _cancel(self, gid: int) -> None:
         self._streams.pop(gid, None)
