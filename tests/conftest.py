@@ -16,6 +16,12 @@ from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 
 
+def _grpc_internal(task: asyncio.Task[object]) -> bool:
+    coro = task.get_coro()
+    code = getattr(coro, "cr_code", None)
+    return "grpc" in repr(coro) or (code is not None and "/grpc/" in code.co_filename)
+
+
 @pytest.fixture(autouse=True)
 async def fail_on_leaked_tasks() -> AsyncIterator[None]:
     """A test that leaves tasks running fails: dropped tasks hide cancellation bugs."""
@@ -24,7 +30,7 @@ async def fail_on_leaked_tasks() -> AsyncIterator[None]:
     await asyncio.sleep(0)
     leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
     # grpc.aio keeps internal tasks alive briefly after a channel or server closes.
-    leaked = [t for t in leaked if "grpc" not in repr(t.get_coro())]
+    leaked = [t for t in leaked if not _grpc_internal(t)]
     if leaked:
         for task in leaked:
             task.cancel()

@@ -27,10 +27,13 @@ def redis_client(url: str, *, max_connections: int = 64, timeout_s: float = 2.0,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         decode_responses=decode_responses,
+        # One immediate retry on a broken connection. It must be set on the pool: a client given a
+        # pool ignores its own retry settings. After Redis restarts, pooled connections to the old
+        # process fail once ("Connection closed by server") and a fresh connection succeeds.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
     )
-    # One immediate retry on a broken connection: after Redis restarts, pooled connections to the
-    # old process fail once ("Connection closed by server") and a fresh one succeeds.
-    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def close_redis(client: Any) -> None:

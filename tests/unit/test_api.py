@@ -264,7 +264,7 @@ async def test_graceful_shutdown_finishes_the_open_turn(fake_llm: FakeLLM) -> No
         events = conv.events()
         assert (await anext(events)).HasField("agent_text")
         stopping = asyncio.create_task(app.stop(grace_s=10))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(app.streams.draining.wait(), 5)
         # New streams are refused while draining.
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.conversation()
