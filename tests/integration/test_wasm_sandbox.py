@@ -38,7 +38,7 @@ from antiphon.tools import (
     ToolsDirError,
     load_manifest_file,
 )
-from antiphon.tools.runtime import CallCancelled
+from antiphon.tools.deadlines import CallCancelled
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"

@@ -1,7 +1,7 @@
 """WebAssembly tools: manifests, the wasmtime sandbox, the per-tenant registry.
 
 ``ToolRegistry`` is the entry point (see registry.py); ``Sandbox`` compiles and
-runs modules (sandbox.py, runtime.py); ``ToolError`` is how every call fails.
+runs modules (sandbox.py, runtime.py, deadlines.py); ``ToolError`` is how every call fails.
 """
 
 from antiphon.tools.capabilities import HttpPolicy

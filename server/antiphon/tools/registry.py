@@ -33,9 +33,10 @@ from typing import Any
 from antiphon.errors import AntiphonError, FailedPrecondition, ResourceExhausted
 from antiphon.gateway.principal import Principal
 from antiphon.tools.capabilities import HttpPolicy
+from antiphon.tools.deadlines import CallControl
 from antiphon.tools.errors import PermissionDenied, ToolError
 from antiphon.tools.manifest import ToolManifest, load_manifest_file, parse_manifest
-from antiphon.tools.runtime import CallControl, CallResult, HostContext
+from antiphon.tools.runtime import CallResult, HostContext
 from antiphon.tools.sandbox import CompiledTool, Sandbox
 from antiphon.tools.schema import ManifestError, dump_json, parse_json, validate
 

@@ -32,17 +32,10 @@ import wasmtime
 
 from antiphon.aio import CANCEL_TIMEOUT_S
 from antiphon.errors import InvalidArgument
+from antiphon.tools.deadlines import CallCancelled, CallControl, EpochTicker
 from antiphon.tools.errors import ToolError
 from antiphon.tools.manifest import ToolLimits
-from antiphon.tools.runtime import (
-    CallCancelled,
-    CallControl,
-    CallResult,
-    EpochTicker,
-    HostContext,
-    define_host_functions,
-    run_call,
-)
+from antiphon.tools.runtime import CallResult, HostContext, define_host_functions, run_call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
