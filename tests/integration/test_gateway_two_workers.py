@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from antiphon.gateway.keys import RedisKeyStore, new_key
+from antiphon.gateway.keys import new_key
+from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.v1 import admin_pb2, admin_pb2_grpc
 from antiphon_client import AntiphonClient
 from tests.integration.conftest import require_model

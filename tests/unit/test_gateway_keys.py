@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from antiphon.errors import InvalidArgument
-from antiphon.gateway.keys import KEY_RE, FileKeyStore, Quota, RedisKeyStore, digest_of, key_id_of, new_key
+from antiphon.gateway.keys import KEY_RE, FileKeyStore, Quota, digest_of, key_id_of, new_key
+from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.redis_support import redis_client
 from tests.redis_server import RedisServer
 

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from antiphon.config import LimitsSettings
 from antiphon.gateway.context import current_call, remaining_s
 from antiphon.gateway.interceptor import build_gateway
-from antiphon.gateway.keys import FileKeyStore, Quota, RedisKeyStore
+from antiphon.gateway.keys import FileKeyStore, Quota
 from antiphon.gateway.limits import MemoryLimiter, RateLimited, RedisLimiter
+from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.redis_support import redis_client
 from antiphon.v1 import admin_pb2, admin_pb2_grpc
 from antiphon_client import AntiphonClient

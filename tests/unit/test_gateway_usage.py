@@ -17,10 +17,10 @@ from antiphon.config import LimitsSettings, PricingSettings
 from antiphon.context.documents import DocumentService
 from antiphon.context.memory import MemoryStore
 from antiphon.errors import InvalidArgument, Unavailable
-from antiphon.gateway.keys import RedisKeyStore
 from antiphon.gateway.limits import RedisLimiter
 from antiphon.gateway.metrics import GatewayMetrics
 from antiphon.gateway.principal import Principal
+from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.gateway.usage import (
     BudgetExhausted,
     Metering,

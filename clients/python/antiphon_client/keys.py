@@ -50,7 +50,8 @@ def add_usage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(settings: Settings) -> KeyStore:
-    from antiphon.gateway.keys import FileKeyStore, RedisKeyStore
+    from antiphon.gateway.keys import FileKeyStore
+    from antiphon.gateway.redis_keys import RedisKeyStore
 
     c = settings.context
     if c.sessions == "redis":

@@ -40,11 +40,12 @@ from antiphon.config import Settings
 from antiphon.errors import AntiphonError, PermissionDenied, ResourceExhausted, Unavailable, status_of
 from antiphon.gateway.auth import Authenticator, Unauthenticated
 from antiphon.gateway.context import CallContext, current_call, set_call
-from antiphon.gateway.keys import FileKeyStore, KeyStore, RedisKeyStore
+from antiphon.gateway.keys import FileKeyStore, KeyStore
 from antiphon.gateway.limits import Limiter, MemoryLimiter, RateLimited, RedisLimiter
 from antiphon.gateway.metrics import GatewayMetrics
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.gateway.rbac import DENIED, Policy
+from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.gateway.usage import BUDGETED_METHODS, RESPONSE_METERS, MemoryLedger, Metering, RedisLedger
 from antiphon.redis_support import redis_client
 

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from antiphon.config import LimitsSettings
 from antiphon.errors import ResourceExhausted, Unavailable
-from antiphon.gateway.keys import KeyStore, Quota, redis_errors, tenant_key
+from antiphon.gateway.keys import KeyStore, Quota
+from antiphon.gateway.redis_keys import redis_errors, tenant_key
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,11 @@ from typing import Any, Protocol
 from antiphon.config import LimitsSettings, PricingSettings
 from antiphon.errors import InvalidArgument, ResourceExhausted, Unavailable
 from antiphon.gateway.context import current_credential
-from antiphon.gateway.keys import KeyStore, redis_errors, tenant_key
+from antiphon.gateway.keys import KeyStore
 from antiphon.gateway.limits import Limiter
 from antiphon.gateway.metrics import GatewayMetrics
 from antiphon.gateway.principal import Principal
+from antiphon.gateway.redis_keys import redis_errors, tenant_key
 
 log = logging.getLogger(__name__)
 
