@@ -37,6 +37,7 @@ from antiphon.inference.prepare_llm import (
     _write_json,
     built_from,
     install_atomically,
+    write_marker,
 )
 
 EMBEDDER_MODEL_NAME = "all-minilm-l6-v2-int8"
@@ -164,23 +165,15 @@ def _build(work: Path, source: Path, *, progress: bool) -> Path:
             "output": "embeddings",
         }
         _write_json(out / CONFIG_FILE, config)
-    files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    marker = {
+    description = {
         "model": EMBEDDER_MODEL_NAME,
         "precision": "int8",
         "quantization": "dynamic int8, per channel",
         "dimensions": DIMENSIONS,
         "max_tokens": MAX_TOKENS,
         "opset": OPSET,
-        "source": source_info,
-        "versions": {name: _version(name) for name in _VERSIONED},
-        "files": files,
-        "total_bytes": sum(files.values()),
-        "stage_seconds": timings,
-        "verify": verify,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(out / MARKER_NAME, marker)  # Last: its presence means "ready".
+    write_marker(out, description, source=source_info, packages=_VERSIONED, timings=timings, verify=verify)
     return out
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,21 +150,33 @@ def _build(work: Path, source: Path, *, threads: int, progress: bool) -> Path:
             shutil.rmtree(scratch)  # Frees ~540 MB of float32 weights before verify.
         with stage("verify"):
             verify = verify_llm(out)
+    description = {"model": LLM_MODEL_NAME, "precision": "int8", "threads": threads}
+    write_marker(out, description, source=source_info, packages=_VERSIONED, timings=timings, verify=verify)
+    return out
+
+
+def write_marker(
+    out: Path,
+    description: dict[str, Any],
+    *,
+    source: dict[str, Any],
+    packages: Iterable[str],
+    timings: dict[str, float],
+    verify: dict[str, Any],
+) -> None:
+    """Write prepared.json, last: its presence means the model folder is complete."""
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     marker = {
-        "model": LLM_MODEL_NAME,
-        "precision": "int8",
-        "threads": threads,
-        "source": source_info,
-        "versions": {name: _version(name) for name in _VERSIONED},
+        **description,
+        "source": source,
+        "versions": {name: _version(name) for name in packages},
         "files": files,
         "total_bytes": sum(files.values()),
         "stage_seconds": timings,
         "verify": verify,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(out / MARKER_NAME, marker)  # Last: its presence means "ready".
-    return out
+    _write_json(out / MARKER_NAME, marker)
 
 
 def _dequantize_to_hf(source: Path, hf_dir: Path) -> None:
