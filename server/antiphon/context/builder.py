@@ -107,7 +107,9 @@ class ContextBuilder:
         messages = [ChatMessage("system", system_text), *reversed(kept), user]
         return BuiltContext(
             messages=messages,
-            prompt_tokens=self._llm.count_tokens(messages),
+            # From the per-message counts already made: re-tokenizing the whole prompt each turn
+            # would cost O(history) on the event loop.
+            prompt_tokens=self._limits.context_tokens - max_tokens - budget,
             history_turns=len(turns),
             dropped_turns=len(turns) - len(kept),
             memories=memories,
