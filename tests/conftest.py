@@ -52,6 +52,8 @@ def test_settings(**sections: dict[str, object]) -> Settings:
         "ANTIPHON_TOOLS_CACHE_DIR": str(_SCRATCH / "tools-cache"),
         "ANTIPHON_CONTEXT_MEMORY_DIR": "",
         "ANTIPHON_AUTH_KEYS_FILE": str(_SCRATCH / "keys.json"),
+        # Voice models load only where a test injects them (App(voice=...)).
+        "ANTIPHON_VOICE_ENABLED": "off",
     }
     for section, values in sections.items():
         for key, value in values.items():

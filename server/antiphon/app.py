@@ -44,6 +44,7 @@ from antiphon.v1 import (
     tools_pb2,
     tools_pb2_grpc,
 )
+from antiphon.voice.engines import VoiceEngines, open_voice
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ class App:
         documents: DocumentService | None = None,
         principal_of: PrincipalOf | None = None,
         tracer_provider: TracerProvider | None = None,
+        voice: VoiceEngines | None = None,
     ) -> None:
         self.settings = settings
+        self._voice = voice  # voice models; loaded at start() unless voice.enabled is off
+        self._voice_injected = voice is not None
         self.metrics = Metrics.create()
         # Gateway: authentication, RBAC, rate limits, budgets and usage metering (a server interceptor).
         self.gateway = build_gateway(settings, self.metrics.registry)
@@ -144,6 +148,11 @@ class App:
             await self._documents.start()
         self._sandbox, self.tools = build_tools(s)
         await self.tools.start()
+        if self._voice is None and s.voice.enabled != "off":
+            t0 = time.perf_counter()
+            self._voice = await asyncio.get_running_loop().run_in_executor(None, open_voice, s.voice)
+            if self._voice is not None:
+                log.info("voice ready", extra={"load_s": round(time.perf_counter() - t0, 2)})
         profiles = ProfileRegistry(s)
         runner = TurnRunner(
             self._llm,
@@ -155,7 +164,7 @@ class App:
             profiles=profiles,
             usage=self.gateway.metering,
         )
-        services = Services(s, profiles, self.sessions, runner, self.principal_of)
+        services = Services(s, profiles, self.sessions, runner, self.principal_of, voice=self._voice)
 
         await self.gateway.start()
         server = grpc.aio.server(
@@ -213,6 +222,8 @@ class App:
             self._metrics_server.server_close()
         if self._llm is not None:
             await self._llm.aclose()
+        if self._voice is not None and not self._voice_injected:
+            self._voice.close()
         await self.sessions.aclose()
         await self.gateway.aclose()
         if self._documents is not None:

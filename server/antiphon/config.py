@@ -20,6 +20,7 @@ from typing import Any, Literal
 from antiphon.config_base import ConfigError
 from antiphon.config_base import require as _require
 from antiphon.config_gateway import GATEWAY_ACTIONS, AuthSettings, LimitsSettings, PricingSettings
+from antiphon.config_voice import VoiceSettings
 
 __all__ = [
     "GATEWAY_ACTIONS",
@@ -28,6 +29,7 @@ __all__ = [
     "LimitsSettings",
     "PricingSettings",
     "Settings",
+    "VoiceSettings",
     "load_settings",
 ]
 
@@ -225,6 +227,14 @@ def _default_agents() -> dict[str, AgentProfileSettings]:
             tools="calculator,unit_convert,inventory",
         ),
         # A B2B newsletter: the lead delegates research and drafting, then checks the style guide.
+        # The default of voice sessions: answers are heard, not read.
+        "voice": AgentProfileSettings(
+            system_prompt=(
+                "You are a friendly voice assistant on a call. Answer in one or two short spoken sentences, "
+                "without lists, markdown or emojis."
+            ),
+            max_tokens=80,
+        ),
         "newsletter": AgentProfileSettings(
             system_prompt=(
                 "You lead a B2B newsletter. Ask the researcher for facts, ask the writer for a draft, "
@@ -258,12 +268,25 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)  # gateway
     limits: LimitsSettings = field(default_factory=LimitsSettings)  # gateway
     pricing: PricingSettings = field(default_factory=PricingSettings)  # gateway
+    voice: VoiceSettings = field(default_factory=VoiceSettings)
     agents: dict[str, AgentProfileSettings] = field(default_factory=_default_agents)
     default_agent: str = DEFAULT_PROFILE
+
+    @property
+    def voice_agent(self) -> str:
+        """The profile of a voice session that names none."""
+        if self.voice.default_agent:
+            return self.voice.default_agent
+        return "voice" if "voice" in self.agents else self.default_agent
 
     def __post_init__(self) -> None:
         _require(bool(self.agents), "agents", "at least one agent profile is required")
         _require(self.default_agent in self.agents, "default_agent", f"no profile named {self.default_agent!r}")
+        _require(
+            not self.voice.default_agent or self.voice.default_agent in self.agents,
+            "voice.default_agent",
+            f"no profile named {self.voice.default_agent!r}",
+        )
         for name, profile in self.agents.items():
             _require(
                 bool(re.fullmatch(r"[a-z0-9_-]{1,64}", name)), f"agents.{name}", "name must match [a-z0-9_-]{1,64}"
@@ -295,6 +318,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSettings,  # gateway
     "limits": LimitsSettings,  # gateway
     "pricing": PricingSettings,  # gateway
+    "voice": VoiceSettings,
 }
 
 

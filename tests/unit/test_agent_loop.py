@@ -192,6 +192,8 @@ async def test_interrupt_while_waiting_for_a_client_tool() -> None:
             event = await call.read()
             assert event.tool_call.name == "lookup"
             await call.write(pb.ClientEvent(interrupt=pb.Interrupt()))
+            interrupted = await call.read()
+            assert interrupted.interrupted.heard_text == ""
             end = await call.read()
             assert end.turn_end.reason == pb.TurnEnd.REASON_INTERRUPTED
             # A late answer to the cancelled call is reported, and the stream goes on.

@@ -194,6 +194,9 @@ async def test_interrupt_cancels_the_turn_and_keeps_what_was_sent(server: Runnin
         first = await anext(events)
         assert first.agent_text.delta == "Hello"
         await conv.interrupt()
+        interrupted = await anext(events)
+        assert interrupted.interrupted.heard_text == "Hello"
+        assert interrupted.interrupted.played_ms == 0  # a text session plays nothing
         end = await anext(events)
         assert end.turn_end.reason == pb.TurnEnd.REASON_INTERRUPTED
         fake_llm.gate.set()

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,10 +102,21 @@ class TurnState:
     dropped_turns: int = 0
     principal: Principal = EMBEDDED_PRINCIPAL
     tool_calls: int = 0
+    # Voice: waits until the answer has been spoken (the turn lasts as long as its audio);
+    # after an interruption, what the user heard, which the history keeps instead of `text`.
+    until_spoken: Callable[[], Awaitable[None]] | None = None
+    heard_text: str | None = None
+    interrupted: bool = False
+    voice: Any = None  # the stream's per-turn voice timings (antiphon.voice.timing.VoiceTiming)
 
     @property
     def text(self) -> str:
         return "".join(self.sent)
+
+    @property
+    def kept_text(self) -> str:
+        """The agent's reply as the history keeps it: what was heard, when that is known."""
+        return self.text if self.heard_text is None else self.heard_text
 
 
 class TurnRunner:
@@ -193,6 +204,8 @@ class TurnRunner:
                     finally:
                         state.tool_calls = loop.tool_calls
                         _usage_attributes(chat, state.stats)
+                if state.until_spoken is not None:
+                    await state.until_spoken()
             except BaseException as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
@@ -257,10 +270,12 @@ class TurnRunner:
         reason = state.stats.finish_reason
         if reason is None or (reason is FinishReason.CANCELLED and not state.sent):
             return
+        if state.interrupted and not state.kept_text:
+            return  # cut off before the user heard a word: as if the turn never happened
         await self._sessions.append_turns(
             state.principal.tenant,
             state.session_id,
-            [TurnRecord("user", state.user_text), TurnRecord("assistant", state.text)],
+            [TurnRecord("user", state.user_text), TurnRecord("assistant", state.kept_text)],
         )
 
     def observe(self, state: TurnState, reason: str) -> None:

@@ -13,7 +13,8 @@ from antiphon.aio import cancel_and_wait
 from antiphon.api.boundary import guard_stream
 from antiphon.api.stream_session import Services, StreamSession
 from antiphon.api.streams import StreamRegistry
-from antiphon.errors import InvalidArgument, Unavailable, Unimplemented
+from antiphon.api.voice_channel import VoiceChannel
+from antiphon.errors import AntiphonError, InvalidArgument, Unavailable, Unimplemented
 from antiphon.gateway.principal import Principal
 from antiphon.telemetry.metrics import Metrics
 from antiphon.v1 import conversation_pb2 as cpb
@@ -64,15 +65,14 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
                     f"the first message must be session_config, got {first.WhichOneof('event') or 'an empty event'}"
                 )
             config = first.session_config
-            for name in _VOICE_FIELDS:
-                if config.HasField(name):
-                    raise Unimplemented(f"session_config.{name}: voice is not available on this server version")
             session = StreamSession(self._svc, principal)
+            voice = any(config.HasField(name) for name in _VOICE_FIELDS) or bool(config.voice)
+            if voice:
+                session.voice = self._voice_channel(session, config)
             reader: asyncio.Task[None] | None = None
             try:
-                yield await session.start(
-                    config.session_id, config.agent_profile, config.generation, config.client_tools
-                )
+                profile = config.agent_profile or (self._svc.settings.voice_agent if voice else "")
+                yield await session.start(config.session_id, profile, config.generation, config.client_tools)
                 reader = asyncio.create_task(self._read(requests, session), name=f"reader:{session.session_id}")
                 drain = asyncio.create_task(self._drain_on_shutdown(session), name="drain-watch")
                 try:
@@ -80,16 +80,37 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
                         yield event
                 finally:
                     await cancel_and_wait(drain)
+                if session.fatal is not None:
+                    raise session.fatal
                 if self._streams.draining.is_set():
                     raise Unavailable("the server is shutting down; reconnect to continue this session")
             finally:
                 await cancel_and_wait(reader)
                 await session.close()
 
+    def _voice_channel(self, session: StreamSession, config: pb.SessionConfig) -> VoiceChannel:
+        engines = self._svc.voice
+        if engines is None:
+            raise Unimplemented(
+                "session_config: voice is not available on this server (voice.enabled is off, or its models are "
+                "not installed: `pip install .[voice]`)"
+            )
+        if not config.HasField("input_audio"):
+            raise InvalidArgument("session_config.input_audio: a voice session needs its input audio format")
+        return VoiceChannel(session, engines, self._svc.settings.voice, config)
+
     async def _read(self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession) -> None:
+        try:
+            await self._read_events(requests, session)
+        except AntiphonError as exc:  # bad audio: the stream ends with its status
+            await session.fail(exc)
+
+    async def _read_events(self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession) -> None:
         async for event in requests:
             kind = event.WhichOneof("event")
-            if kind == "text":
+            if kind == "audio" and session.voice is not None:
+                await session.voice.on_audio(event.audio)
+            elif kind == "text":
                 await session.submit_text(event.text.content)
             elif kind == "interrupt":
                 session.interrupt()
@@ -98,7 +119,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             elif kind == "session_config":
                 await session.report(InvalidArgument("session_config: may only be the first message of a stream"))
             elif kind == "audio":
-                await session.report(Unimplemented("audio: voice is not available on this server version"))
+                raise InvalidArgument("audio: the session has no input_audio format; set it in session_config")
             elif kind == "tool_result":
                 await session.resolve_tool(event.tool_result)
             else:

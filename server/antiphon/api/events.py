@@ -42,6 +42,8 @@ class EventWriter:
         stats = state.stats
         if failed:
             reason = pb.TurnEnd.REASON_ERROR
+        elif state.interrupted:
+            reason = pb.TurnEnd.REASON_INTERRUPTED
         else:
             reason = _REASONS.get(stats.finish_reason or FinishReason.CANCELLED, pb.TurnEnd.REASON_INTERRUPTED)
         latency = pb.Latency(
@@ -50,6 +52,8 @@ class EventWriter:
             model_ms=stats.model_s * 1000,
             queue_ms=stats.queue_s * 1000,
         )
+        if state.voice is not None:
+            state.voice.fill(latency, state)
         usage = pb.Usage(input_tokens=stats.input_tokens, output_tokens=stats.output_tokens)
         return self.event(state.turn_id, turn_end=pb.TurnEnd(usage=usage, latency=latency, reason=reason))
 
@@ -81,6 +85,8 @@ def generation_message(options: SamplingOptions) -> pb.GenerationOptions:
 def reason_label(state: TurnState, failed: bool) -> str:
     if failed:
         return "error"
+    if state.interrupted:
+        return FinishReason.CANCELLED.value
     return (state.stats.finish_reason or FinishReason.CANCELLED).value
 
 

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -30,11 +30,23 @@ from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.logs import session_id_var, turn_id_var
 from antiphon.v1 import events_pb2 as pb
 
+if TYPE_CHECKING:
+    from antiphon.api.voice_channel import VoiceChannel
+    from antiphon.voice.engines import VoiceEngines
+    from antiphon.voice.speaker import Speaker
+    from antiphon.voice.timing import VoiceTiming
+
 log = logging.getLogger(__name__)
 
 OUT_QUEUE_EVENTS = 256
 CLIENT_TOOL_TIMEOUT_S = 60.0
 MAX_PENDING_INPUTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInput:
+    text: str
+    voice: VoiceTiming | None = None  # set for a turn the user spoke
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,7 @@ class Services:
     runner: TurnRunner
     # Who is calling; the gateway's authentication replaces the embedded default.
     principal_of: Callable[[grpc.aio.ServicerContext], Principal] = lambda _context: EMBEDDED_PRINCIPAL
+    voice: VoiceEngines | None = None  # None: text only (voice off, or its models missing)
 
 
 class StreamSession:
@@ -54,7 +67,7 @@ class StreamSession:
         self._owner = uuid.uuid4().hex
         self._writer = EventWriter()
         self.out: asyncio.Queue[pb.ServerEvent | None] = asyncio.Queue(OUT_QUEUE_EVENTS)
-        self._pending: collections.deque[str] = collections.deque()
+        self._pending: collections.deque[TurnInput] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None
         self._ended = False
@@ -62,6 +75,11 @@ class StreamSession:
         self.session_id = ""
         self.client_tools: list[tuple[str, str, dict[str, Any]]] = []
         self._waiting: dict[str, asyncio.Future[ToolOutcome]] = {}
+        self.voice: VoiceChannel | None = None
+        self.fatal: AntiphonError | None = None  # ends the stream with this status
+        self._current: tuple[TurnState, Speaker | None] | None = None
+        self._carry = ""  # a spoken turn cut off before any of its answer was heard
+        self._interrupted: pb.Interrupted | None = None
 
     async def start(
         self,
@@ -110,19 +128,71 @@ class StreamSession:
         if len(text) > limit:
             await self.report(InvalidArgument(f"text.content: {len(text)} characters exceeds the limit of {limit}"))
             return
+        await self._enqueue(TurnInput(text))
+
+    async def submit_voice(self, text: str, timing: VoiceTiming) -> None:
+        """A final transcript: the user's next turn."""
+        if self._ended:
+            return
+        if self._carry:
+            text, self._carry = f"{self._carry} {text}", ""
+        await self._enqueue(TurnInput(text, timing))
+
+    async def _enqueue(self, turn: TurnInput) -> None:
         if len(self._pending) >= MAX_PENDING_INPUTS:
             await self.report(
-                Unavailable(f"text: {MAX_PENDING_INPUTS} inputs already wait for the current turn; send fewer")
+                Unavailable(f"input: {MAX_PENDING_INPUTS} inputs already wait for the current turn; send fewer")
             )
             return
-        self._pending.append(text)
+        self._pending.append(turn)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"turns:{self.session_id}")
 
     def interrupt(self) -> None:
-        """Cancel the turn in progress; queued inputs still run."""
-        if self._turn is not None:
-            self._turn.cancel()
+        """Cancel the turn in progress, and its speech at once; queued inputs still run.
+
+        What the user heard is settled here, before the cancellation reaches the turn's
+        own cleanup, which records the history from it."""
+        if self._turn is None or self._current is None:
+            return
+        state, speaker = self._current
+        if not state.interrupted:
+            state.interrupted = True
+            if speaker is not None:
+                played = speaker.played_ms()
+                state.heard_text = speaker.heard_text(played)
+                speaker.cancel()
+                self._interrupted = pb.Interrupted(played_ms=round(played), heard_text=state.heard_text)
+            else:
+                self._interrupted = pb.Interrupted(played_ms=0, heard_text=state.text)
+        self._turn.cancel()
+
+    def barge_in(self) -> None:
+        """The user talked over the answer (voice activity, past barge_in.min_speech_ms)."""
+        if self._current is None:
+            return
+        state, _ = self._current
+        self.interrupt()
+        if state.voice is not None and not state.heard_text:
+            self._carry = state.user_text  # nothing was heard: the new speech continues this turn
+
+    async def put(self, turn_id: str, **oneof: Any) -> None:
+        await self.out.put(self._writer.event(turn_id, **oneof))
+
+    async def end_idle(self, why: str) -> None:
+        """End the stream cleanly: no more input is taken, the turn in progress finishes."""
+        log.info("session idle: %s", why)
+        await self.put("", session_ended=pb.SessionEnded(reason="idle"))
+        await self.end_input()
+
+    async def fail(self, exc: AntiphonError) -> None:
+        """A stream-ending error (bad audio): the RPC ends with its status once events drain."""
+        self.fatal = exc
+        self.interrupt()
+        self._ended = True
+        self._pending.clear()
+        if self._worker is None or self._worker.done():
+            await self.out.put(None)
 
     async def end_input(self) -> None:
         """No more input: finish the queued turns, then end the event stream."""
@@ -137,6 +207,8 @@ class StreamSession:
 
     async def close(self) -> None:
         """Stop everything this stream runs and release the session (client gone or stream over)."""
+        if self.voice is not None:
+            await self.voice.close()
         await cancel_and_wait(self._turn, self._worker)
         if self._leased:
             self._leased = False
@@ -148,13 +220,34 @@ class StreamSession:
         if self._ended:
             await self.out.put(None)
 
-    async def _run_turn(self, text: str) -> None:
-        state = TurnState(self.session_id, self._profile, self._options, text, principal=self._principal)
+    async def _run_turn(self, turn: TurnInput) -> None:
+        state = TurnState(self.session_id, self._profile, self._options, turn.text, principal=self._principal)
+        state.voice = turn.voice
         turn_id_var.set(state.turn_id)
 
         sink = _StreamSink(self, state.turn_id)
+        speaker = None
+        if self.voice is not None:
+            speaker = sink.speaker = self.voice.speaker(state.turn_id)
+            speaker.start()
+            state.until_spoken = speaker.wait_played
+            self.voice.ingest.arm_barge_in(True)
+        self._current = (state, speaker)
+        self._interrupted = None
         self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
         await asyncio.wait([self._turn])
+        self._current = None
+        if speaker is not None and self.voice is not None:
+            self.voice.ingest.arm_barge_in(False)
+            await speaker.aclose()
+            if state.voice is not None:
+                state.voice.first_audio = speaker.first_audio_at
+                state.voice.tts_s = speaker.tts_s
+                state.voice.audio_out_ms = speaker.sent_ms
+            if speaker.error is not None:
+                await self.report(Unavailable(f"speech synthesis failed; the answer is text only: {speaker.error}"))
+        if self._interrupted is not None:
+            await self.put(state.turn_id, interrupted=self._interrupted)
         failed = False
         if not self._turn.cancelled() and (exc := self._turn.exception()) is not None:
             # The one place a turn's failure is contained: report it, keep the stream.
@@ -221,8 +314,11 @@ class _StreamSink:
         self._session = session
         self._turn_id = turn_id
         self.client_tools = session.client_tools
+        self.speaker: Speaker | None = None  # voice: the answer is also spoken
 
     async def text(self, delta: str) -> None:
+        if self.speaker is not None:
+            self.speaker.feed(delta)
         await self._session.out.put(self._session._writer.text(self._turn_id, delta))
 
     async def tool_call(self, call: ToolCallInfo) -> None:

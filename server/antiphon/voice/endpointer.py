@@ -146,6 +146,24 @@ class Endpointer:
     def position_ms(self) -> float:
         return self._last_ms
 
+    @property
+    def last_speech_ms(self) -> float:
+        """End of the latest speech window of the current utterance."""
+        return self._last_speech_ms
+
+    @property
+    def speech_start_ms(self) -> float:
+        """Start of the current candidate or utterance's speech."""
+        return self._speech_start_ms
+
+    @property
+    def start_sample(self) -> int:
+        """Where the current utterance's audio begins (prefix included), once SPEAKING."""
+        return self._start_sample
+
+    def sample_at(self, ms: float) -> int:
+        return self._sample(ms)
+
     def _sample(self, ms: float) -> int:
         return round(ms * self._sample_rate / 1000)
 

@@ -94,6 +94,10 @@ class SileroStream(VadStream):
         probability, self._state = self._model.run(buffer, self._state)
         return probability
 
+    def skip(self, window: Window) -> None:
+        """A window the stage-1 gate rejected: not run, but its tail is the next window's context."""
+        self._buffer[0, CONTEXT_SAMPLES:] = window
+
     def probabilities(self, audio: Window) -> list[float]:
         """One probability per whole window of `audio` (a trailing partial window is ignored)."""
         return [

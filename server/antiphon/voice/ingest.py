@@ -1,0 +1,243 @@
+"""One voice stream's ingest path: client chunks in, turn events out. Synchronous and O(chunk).
+
+chunk (client format) -> decode to PCM16 -> resample to 16 kHz (soxr, streaming)
+-> 20 ms frames (native ring) -> stage-1 energy VAD per frame -> 512-sample
+windows -> stage-2 Silero only where stage 1 saw candidate speech in the last
+GATE_HANGOVER_MS (or while an utterance is open) -> endpointer and barge-in
+detector on audio time.
+
+Everything is bounded: the frame ring holds one chunk, the audio history holds
+the prefix while silent and at most max_turn_ms + prefix while the user speaks.
+Time is audio time (samples since the stream began), never the wall clock, so
+decisions do not depend on scheduling and tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from antiphon.errors import InvalidArgument
+from antiphon.native import g711
+from antiphon.native.framing import FrameRing
+from antiphon.native.vad import EnergyVad
+from antiphon.voice.endpointer import (
+    BargeIn,
+    BargeInDetector,
+    BargeInSettings,
+    Endpointer,
+    SpeechStarted,
+    SpeechStopped,
+    State,
+    VadSettings,
+)
+from antiphon.voice.formats import AudioSpec, ChunkDecoder
+from antiphon.voice.resample import StreamResampler
+from antiphon.voice.silero import WINDOW_SAMPLES, VadStream
+
+RATE = 16_000
+FRAME_SAMPLES = 320  # 20 ms: the stage-1 VAD's frame
+GATE_HANGOVER_MS = 200  # stage 2 keeps running this long after stage 1 last saw speech
+BYTES_PER_MS = RATE * 2 // 1000
+
+Pcm16 = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A finished user turn: its endpoint events and its 16 kHz audio (prefix included)."""
+
+    started: SpeechStarted
+    stopped: SpeechStopped
+    audio: Pcm16
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The user has been silent for early_decode_silence_ms inside an utterance: the audio
+    [start_sample, end_sample) is likely the whole turn, worth decoding before it is confirmed."""
+
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartialDue:
+    """Another partial_interval_ms of speech arrived: [start_sample, end_sample) so far."""
+
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """No speech for max_idle_ms of audio."""
+
+    silent_ms: float
+
+
+IngestEvent = SpeechStarted | Utterance | Pause | PartialDue | BargeIn | Idle
+
+
+class VoiceIngest:
+    """Per stream. feed() returns the events a chunk caused, in audio order."""
+
+    def __init__(
+        self,
+        spec: AudioSpec,
+        vad: VadStream,
+        settings: VadSettings,
+        barge_in: BargeInSettings,
+        *,
+        max_chunk_ms: int = 200,
+        partial_interval_ms: int = 400,
+        early_decode_silence_ms: int = 160,
+        max_idle_ms: int = 0,
+    ) -> None:
+        self._decoder = ChunkDecoder(spec, max_chunk_ms)
+        # LQ: soxr's HQ filter delays 8 kHz -> 16 kHz by 96 ms (48 kHz: 16 ms), which every turn would
+        # wait for; LQ delays 24 ms (12 ms) and still passes the speech band that VAD and STT use.
+        self._resampler = StreamResampler(spec.sample_rate_hz, RATE, quality="LQ")
+        # One chunk (plus resampler slack) of whole frames, and the samples of a partial one.
+        self._ring = FrameRing(FRAME_SAMPLES, max_chunk_ms // 20 + 4)
+        self._stage1 = EnergyVad(RATE)
+        self._vad = vad
+        self._endpointer = Endpointer(settings, sample_rate=RATE)
+        self._barge = BargeInDetector(barge_in, threshold=settings.threshold)
+        self._barge_armed = False
+        self._settings = settings
+        self._window = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+        self._window_fill = 0
+        self._samples = 0  # 16 kHz samples framed so far
+        self._last_stage1_speech = -(10**9)
+        self._history = bytearray()  # PCM16 16 kHz from sample _history_base on
+        self._history_base = 0
+        self._keep_silent = (settings.prefix_ms + 2 * 32) * BYTES_PER_MS
+        self._partial_every = partial_interval_ms * RATE // 1000
+        self._next_partial = 0
+        self._early_silence_ms = early_decode_silence_ms
+        self._pause_sent = False
+        self._max_idle_ms = max_idle_ms
+        self._last_speech_end_ms = 0.0
+        self._started: SpeechStarted | None = None
+        self.stage2_windows = 0  # counters for the latency report and the benchmark
+        self.windows = 0
+
+    @property
+    def position_ms(self) -> float:
+        return self._samples * 1000 / RATE
+
+    @property
+    def speaking(self) -> bool:
+        return self._endpointer.state is State.SPEAKING
+
+    def arm_barge_in(self, armed: bool) -> None:
+        """Barge-in is watched only while the agent answers; re-arming starts a fresh detection."""
+        if armed and not self._barge_armed:
+            self._barge.reset()
+        self._barge_armed = armed
+
+    def audio(self, start_sample: int, end_sample: int) -> Pcm16:
+        """A copy of the 16 kHz audio [start, end) still held (an open or just-finished utterance)."""
+        lo = max(start_sample, self._history_base) - self._history_base
+        hi = max(lo, min(end_sample - self._history_base, len(self._history) // 2))
+        return np.frombuffer(self._history, dtype="<i2", count=hi - lo, offset=2 * lo).astype(np.int16)
+
+    def feed(self, data: bytes) -> list[IngestEvent]:
+        pcm = self._decoder.decode(data)
+        pcm16k = self._resampler.process(pcm)
+        return self._frames(pcm16k)
+
+    def _frames(self, pcm16k: bytes) -> list[IngestEvent]:
+        events: list[IngestEvent] = []
+        ring = self._ring
+        ring.push(pcm16k)
+        while (frame := ring.pop()) is not None:
+            self._history += frame
+            if self._stage1.process(frame) >= 0.5:
+                self._last_stage1_speech = self._samples
+            floats = g711.pcm16_to_float32(frame)
+            offset = 0
+            while offset < FRAME_SAMPLES:
+                take = min(FRAME_SAMPLES - offset, WINDOW_SAMPLES - self._window_fill)
+                self._window[self._window_fill : self._window_fill + take] = floats[offset : offset + take]
+                self._window_fill += take
+                offset += take
+                if self._window_fill == WINDOW_SAMPLES:
+                    self._window_fill = 0
+                    self._on_window(self._samples + offset, events)
+            self._samples += FRAME_SAMPLES
+        self._trim_history()
+        return events
+
+    def _on_window(self, end_sample: int, events: list[IngestEvent]) -> None:
+        self.windows += 1
+        end_ms = end_sample * 1000 / RATE
+        gate_open = (end_sample - self._last_stage1_speech) * 1000 / RATE <= GATE_HANGOVER_MS + 32
+        probability: float | None = None
+        if gate_open or self._endpointer.state is not State.SILENCE:
+            probability = self._vad.probability(self._window)
+            self.stage2_windows += 1
+        else:
+            skip = getattr(self._vad, "skip", None)
+            if skip is not None:
+                skip(self._window)
+        # Fed always (it keeps audio time); heard only while armed.
+        if (barge := self._barge.push(end_ms, probability)) is not None and self._barge_armed:
+            events.append(barge)
+        event = self._endpointer.push(end_ms, probability)
+        if isinstance(event, SpeechStarted):
+            self._started = event
+            self._pause_sent = False
+            self._next_partial = end_sample + self._partial_every
+            events.append(event)
+        elif isinstance(event, SpeechStopped):
+            assert self._started is not None  # SPEAKING always began with SpeechStarted
+            self._last_speech_end_ms = event.audio_ms
+            audio = self.audio(event.start_sample, event.end_sample)
+            events.append(Utterance(self._started, event, audio))
+        elif self._endpointer.state is State.SPEAKING:
+            self._speaking_window(end_sample, end_ms, events)
+        elif self._max_idle_ms and self._endpointer.state is State.SILENCE:
+            silent = end_ms - self._last_speech_end_ms
+            if silent >= self._max_idle_ms:
+                self._last_speech_end_ms = end_ms  # once per idle period
+                events.append(Idle(silent))
+
+    def _speaking_window(self, end_sample: int, end_ms: float, events: list[IngestEvent]) -> None:
+        ep = self._endpointer
+        start = ep.start_sample
+        if end_ms - ep.last_speech_ms < 1:  # still talking
+            self._pause_sent = False
+            if self._partial_every and end_sample >= self._next_partial:
+                self._next_partial = end_sample + self._partial_every
+                events.append(PartialDue(start, end_sample))
+        elif not self._pause_sent and end_ms - ep.last_speech_ms >= self._early_silence_ms:
+            self._pause_sent = True
+            events.append(Pause(start, ep.sample_at(ep.last_speech_ms)))
+
+    def _trim_history(self) -> None:
+        """Keep the prefix while silent, and from the utterance's first sample while it lasts."""
+        ep = self._endpointer
+        if ep.state is State.SILENCE:
+            excess = len(self._history) - self._keep_silent
+        else:
+            start = ep.start_sample if ep.state is State.SPEAKING else 0
+            if ep.state is State.PENDING:
+                start = ep.sample_at(ep.speech_start_ms - self._settings.prefix_ms)
+            excess = 2 * (start - self._history_base)
+        if excess > 0:
+            excess -= excess & 1
+            del self._history[:excess]  # bytearray drops a prefix without moving the rest
+            self._history_base += excess // 2
+
+    def history_bytes(self) -> int:
+        return len(self._history)
+
+
+def check_seq(previous: int, seq: int) -> None:
+    """AudioChunk.seq, when the client sets it, must increase."""
+    if seq and previous and seq <= previous:
+        raise InvalidArgument(f"audio.seq: must increase, got {seq} after {previous}")

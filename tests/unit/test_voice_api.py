@@ -1,0 +1,224 @@
+"""Converse with audio over a real loopback server: scripted model, recogniser and synthesiser,
+real codecs, framing, stage-1 VAD, endpointer, pacing and barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+
+from antiphon.app import App
+from antiphon.native import g711
+from antiphon.v1 import conversation_pb2_grpc
+from antiphon.v1 import events_pb2 as pb
+from antiphon.voice.engines import VoiceEngines
+from tests.conftest import RunningServer, test_settings
+from tests.fakes import FakeLLM
+from tests.voice_fakes import ScriptedSTT, ToneTTS, chunks, fake_engines, silence, tone
+
+PCM16K = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)
+MULAW = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_MULAW, sample_rate_hz=8000)
+LONG_ANSWER = tuple(f" word{i}" + ("." if i % 5 == 4 else "") for i in range(30))
+
+
+@pytest.fixture
+def engines() -> VoiceEngines:
+    return fake_engines(ScriptedSTT("what time is it"), ToneTTS())
+
+
+@pytest.fixture
+async def voice_server(fake_llm: FakeLLM, engines: VoiceEngines) -> AsyncIterator[RunningServer]:
+    app = App(test_settings(voice={"max_idle_s": 3}), llm=fake_llm, voice=engines)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        yield RunningServer(app, channel)
+    finally:
+        await channel.close()
+        await app.stop(grace_s=1.0)
+
+
+class _Call:
+    def __init__(self, server: RunningServer, **config: object) -> None:
+        self.call = conversation_pb2_grpc.ConversationStub(server.channel).Converse()
+        self.config = pb.SessionConfig(**config)  # type: ignore[arg-type]
+        self.events: asyncio.Queue[pb.ServerEvent | None] = asyncio.Queue()
+        self.seen: list[pb.ServerEvent] = []
+
+    async def open(self) -> pb.ServerEvent:
+        await self.call.write(pb.ClientEvent(session_config=self.config))
+        first = await self.call.read()
+        assert isinstance(first, pb.ServerEvent)
+        self._reader = asyncio.create_task(self._read())
+        return first
+
+    async def _read(self) -> None:
+        while (event := await self.call.read()) is not grpc.aio.EOF:
+            assert isinstance(event, pb.ServerEvent)
+            self.seen.append(event)
+            await self.events.put(event)
+        await self.events.put(None)
+
+    async def send(self, audio: np.ndarray, encoding: str = "pcm16", ms: int = 20, rate: int = 16000) -> None:
+        for pcm in chunks(audio, ms, rate):
+            data = g711.ulaw_encode(pcm) if encoding == "mulaw" else pcm
+            await self.call.write(pb.ClientEvent(audio=pb.AudioChunk(data=data)))
+
+    async def until(self, kind: str, wait_s: float = 5.0) -> pb.ServerEvent:
+        async with asyncio.timeout(wait_s):
+            while True:
+                event = await self.events.get()
+                assert event is not None, f"stream ended before {kind}"
+                if event.WhichOneof("event") == kind:
+                    return event
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        async with asyncio.timeout(5):
+            await self._reader
+
+
+async def test_spoken_turn_gets_transcript_text_audio_and_latency(
+    voice_server: RunningServer, fake_llm: FakeLLM
+) -> None:
+    c = _Call(voice_server, input_audio=PCM16K, output_audio=MULAW)
+    started = await c.open()
+    assert started.session_started.agent_profile == "voice"
+    await c.send(np.concatenate([silence(400), tone(900), silence(700)]))
+    assert (await c.until("speech_started")).speech_started.audio_ms == pytest.approx(400, abs=40)
+    stopped = await c.until("speech_stopped")
+    assert stopped.speech_stopped.reason == "silence"
+    final = await c.until("transcript")
+    assert final.transcript.is_final
+    assert final.transcript.text == "what time is it"
+    end = await c.until("turn_end")
+    await c.close()
+    audio = [e.audio for e in c.seen if e.HasField("audio")]
+    assert audio
+    assert all(len(a.data) <= 320 and a.duration_ms <= 40 for a in audio)
+    assert [a.seq for a in audio] == list(range(1, len(audio) + 1))
+    assert sum(a.duration_ms for a in audio) == pytest.approx(200, abs=10)  # "Hello, world." = 2 words
+    lat = end.turn_end.latency
+    assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+    assert lat.endpoint_ms >= 300
+    assert lat.voice_to_voice_ms > 0
+    assert lat.llm_first_token_ms >= 0
+    assert lat.audio_out_ms == pytest.approx(200, abs=10)
+    assert fake_llm.prompts[-1][-1].content == "what time is it"
+
+
+async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(
+    voice_server: RunningServer, fake_llm: FakeLLM
+) -> None:
+    fake_llm.tokens = list(LONG_ANSWER)  # 3 s of speech
+    c = _Call(voice_server, input_audio=PCM16K, barge_in=pb.BargeIn(mode=pb.BargeIn.MODE_VAD, min_speech_ms=200))
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(600)]))
+    await c.until("audio")
+    await asyncio.sleep(0.6)
+    await c.send(np.concatenate([tone(400), silence(600)]))  # the user talks over the answer
+    interrupted = (await c.until("interrupted")).interrupted
+    end = await c.until("turn_end")
+    assert end.turn_end.reason == pb.TurnEnd.REASON_INTERRUPTED
+    assert 300 <= interrupted.played_ms <= 1500
+    words = " ".join(t.strip() for t in LONG_ANSWER).split()
+    heard = interrupted.heard_text.split()
+    assert heard
+    assert heard == words[: len(heard)]
+    assert len(heard) < 20
+    await c.until("turn_end")  # the interrupting speech is the next turn
+    await c.close()
+    history = fake_llm.prompts[-1]
+    assert history[-2].role == "assistant"
+    assert history[-2].content == interrupted.heard_text
+    sent = sum(e.audio.duration_ms for e in c.seen if e.HasField("audio") and e.turn_id == end.turn_id)
+    assert sent <= interrupted.played_ms + 200  # audio stopped within the lead
+
+
+async def test_a_cough_during_the_answer_loses_nothing(voice_server: RunningServer, fake_llm: FakeLLM) -> None:
+    fake_llm.tokens = list(LONG_ANSWER[:10])
+    c = _Call(voice_server, input_audio=PCM16K, barge_in=pb.BargeIn(mode=pb.BargeIn.MODE_VAD, min_speech_ms=300))
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(600)]))
+    await c.until("audio")
+    await c.send(np.concatenate([tone(100), silence(300)]))
+    end = await c.until("turn_end")
+    await c.close()
+    assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+    assert not [e for e in c.seen if e.HasField("interrupted")]
+    assert end.turn_end.latency.audio_out_ms == pytest.approx(1000, abs=20)
+
+
+async def test_barge_in_off_lets_the_answer_finish(voice_server: RunningServer, fake_llm: FakeLLM) -> None:
+    fake_llm.tokens = list(LONG_ANSWER[:10])
+    c = _Call(voice_server, input_audio=PCM16K, barge_in=pb.BargeIn(mode=pb.BargeIn.MODE_OFF))
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(600)]))
+    await c.until("audio")
+    await c.send(np.concatenate([tone(600), silence(600)]))
+    first = await c.until("turn_end")
+    second = await c.until("turn_end")
+    await c.close()
+    assert first.turn_end.reason == second.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+
+
+async def test_idle_stream_ends_cleanly_with_a_reason(voice_server: RunningServer) -> None:
+    c = _Call(voice_server, input_audio=MULAW)
+    await c.open()
+    await c.send(silence(3100, rate=8000), encoding="mulaw", ms=100, rate=8000)
+    ended = await c.until("session_ended")
+    assert ended.session_ended.reason == "idle"
+    await c.close()
+    assert await c.call.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("config", "audio", "match"),
+    [
+        ({"input_audio": pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=22050)}, None, "sample_rate"),
+        (
+            {"input_audio": pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000, channels=2)},
+            None,
+            "mono",
+        ),
+        ({"input_audio": pb.AudioFormat()}, None, "encoding"),
+        ({"vad": pb.VadSettings(threshold=0.4)}, None, "input_audio"),
+        ({"input_audio": PCM16K, "language": "fr"}, None, "English"),
+        ({"input_audio": PCM16K, "voice": "nobody"}, None, "voice"),
+        ({"input_audio": PCM16K, "vad": pb.VadSettings(threshold=1.5)}, None, "threshold"),
+        ({"input_audio": PCM16K}, b"\x00\x01\x02", "even"),
+        ({"input_audio": PCM16K}, bytes(32_000), "at most"),
+        ({}, b"\x00\x00", "input_audio"),
+    ],
+)
+async def test_bad_voice_input_is_invalid_argument(
+    voice_server: RunningServer, config: dict[str, object], audio: bytes | None, match: str
+) -> None:
+    call = conversation_pb2_grpc.ConversationStub(voice_server.channel).Converse()
+    await call.write(pb.ClientEvent(session_config=pb.SessionConfig(**config)))  # type: ignore[arg-type]
+    if audio is not None:
+        assert (await call.read()).HasField("session_started")
+        await call.write(pb.ClientEvent(audio=pb.AudioChunk(data=audio)))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        while True:
+            await call.read()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert match in (err.value.details() or "")
+
+
+async def test_failing_synthesis_keeps_the_text_answer(voice_server: RunningServer, engines: VoiceEngines) -> None:
+    assert isinstance(engines.tts, ToneTTS)
+    engines.tts.fail = True
+    c = _Call(voice_server, input_audio=PCM16K)
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(600)]))
+    error = await c.until("error")
+    end = await c.until("turn_end")
+    await c.close()
+    assert error.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "synthesis" in error.error.message
+    assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+    assert "".join(e.agent_text.delta for e in c.seen if e.HasField("agent_text")) == "Hello, world."
