@@ -32,6 +32,12 @@ class VoiceSettings:
     # Start decoding the utterance after this much silence, before the turn is confirmed,
     # so the final transcript is ready when the endpointer decides.
     early_decode_silence_ms: int = 160
+    # Start the answer on that early transcript, held back until the endpointer confirms the turn
+    # (dropped without a trace if the user goes on speaking); tools never run before confirmation.
+    speculate: bool = True
+    # The first spoken piece ends after this many words even without punctuation (0: at the first
+    # clause or sentence end): the first audio waits for a few words, not a sentence.
+    first_piece_max_words: int = 6
     # How far the spoken answer may run ahead of real time; what is ahead is not "played"
     # when the user barges in.
     output_lead_ms: int = 160
@@ -57,6 +63,7 @@ class VoiceSettings:
         _require(0 <= self.barge_in_min_speech_ms <= 10_000, "voice.barge_in_min_speech_ms", "must be 0..10000")
         _require(0 <= self.partial_interval_ms <= 10_000, "voice.partial_interval_ms", "must be 0..10000")
         _require(0 <= self.early_decode_silence_ms <= 10_000, "voice.early_decode_silence_ms", "must be 0..10000")
+        _require(0 <= self.first_piece_max_words <= 40, "voice.first_piece_max_words", "must be 0..40")
         _require(0 <= self.output_lead_ms <= 5_000, "voice.output_lead_ms", "must be 0..5000")
         _require(1 <= self.stt_workers <= 16, "voice.stt_workers", "must be 1..16")
         _require(1 <= self.tts_workers <= 16, "voice.tts_workers", "must be 1..16")

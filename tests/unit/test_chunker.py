@@ -216,3 +216,15 @@ def test_pieces_keep_every_word_in_order_within_limits(text: str, chunker_settin
         assert any(ch.isalnum() for ch in piece)
         assert count_words(piece) <= limits.hard_max_words
         assert len(piece) <= limits.max_chars
+
+
+def test_first_piece_is_cut_after_first_max_words_and_later_pieces_are_not() -> None:
+    chunker = ClauseChunker(ChunkerSettings(first_max_words=4))
+    pieces: list[str] = []
+    text = "The capital of France is Paris and it is a lovely city to visit in spring. Bye now."
+    for token in text.split():
+        pieces += chunker.push(token + " ")
+    pieces += chunker.flush()
+    assert pieces == ["The capital of France", "is Paris and it is a lovely city to visit in spring.", "Bye now."]
+    with pytest.raises(ValueError, match="first_max_words"):
+        ChunkerSettings(first_max_words=41)

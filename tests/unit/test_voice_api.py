@@ -222,3 +222,39 @@ async def test_failing_synthesis_keeps_the_text_answer(voice_server: RunningServ
     assert "synthesis" in error.error.message
     assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
     assert "".join(e.agent_text.delta for e in c.seen if e.HasField("agent_text")) == "Hello, world."
+
+
+async def test_answer_starts_during_the_pause_and_is_released_at_the_endpoint(
+    voice_server: RunningServer, fake_llm: FakeLLM
+) -> None:
+    c = _Call(voice_server, input_audio=PCM16K)
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(700)]))
+    end = await c.until("turn_end")
+    await c.close()
+    assert len(fake_llm.prompts) == 1  # the speculative turn was the turn
+    kinds = ["final" if e.HasField("transcript") and e.transcript.is_final else e.WhichOneof("event") for e in c.seen]
+    assert kinds.index("speech_stopped") < kinds.index("final") < kinds.index("agent_text")
+    assert [e.seq for e in c.seen] == sorted(e.seq for e in c.seen)
+    assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+
+
+async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
+    voice_server: RunningServer, fake_llm: FakeLLM
+) -> None:
+    c = _Call(voice_server, input_audio=PCM16K)
+    await c.open()
+    # A 300 ms pause: longer than the early decode (160 ms), shorter than the turn's end (400 ms).
+    await c.send(np.concatenate([tone(800), silence(300)]))
+    await asyncio.sleep(0.3)  # the speculative turn is running now
+    await c.send(np.concatenate([tone(600), silence(700)]))
+    await c.until("turn_end")
+    await c.close()
+    assert len(fake_llm.prompts) == 2  # one dropped, one answered
+    turn_ids = {e.turn_id for e in c.seen if e.turn_id}
+    assert len(turn_ids) == 1  # nothing of the dropped turn reached the client
+    assert not [e for e in c.seen if e.HasField("interrupted")]
+    finals = [e for e in c.seen if e.HasField("transcript") and e.transcript.is_final]
+    assert len(finals) == 1
+    history = fake_llm.prompts[-1]
+    assert [m.role for m in history[1:]] == ["user"]  # the dropped turn left no history

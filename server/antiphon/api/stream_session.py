@@ -12,7 +12,7 @@ import collections
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from antiphon.agent.tooling import ToolCallInfo, ToolOutcome, parse_client_tools
 from antiphon.agent.turn import TurnRunner, TurnState
 from antiphon.aio import cancel_and_wait
 from antiphon.api.events import EventWriter, generation_message, reason_label, requested_options
+from antiphon.api.speculation import Speculation
 from antiphon.config import SESSION_ID_RE, Settings
 from antiphon.context.sessions import SessionStore
 from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable
@@ -47,6 +48,7 @@ MAX_PENDING_INPUTS = 8
 class TurnInput:
     text: str
     voice: VoiceTiming | None = None  # set for a turn the user spoke
+    speculation: Speculation | None = None  # set for a turn started before the user's turn was confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,8 @@ class StreamSession:
         self.voice: VoiceChannel | None = None
         self.fatal: AntiphonError | None = None  # ends the stream with this status
         self._current: tuple[TurnState, Speaker | None] | None = None
+        self._speculation: Speculation | None = None  # waiting for the endpointer's verdict
+        self._running_speculation: Speculation | None = None  # the running turn's, until it ends
         self._carry = ""  # a spoken turn cut off before any of its answer was heard
         self._interrupted: pb.Interrupted | None = None
 
@@ -138,6 +142,39 @@ class StreamSession:
             text, self._carry = f"{self._carry} {text}", ""
         await self._enqueue(TurnInput(text, timing))
 
+    def speculate(self, text: str, key: tuple[int, int]) -> bool:
+        """Start answering a probably-final transcript now, its events held back (see speculation.py)."""
+        busy = self._turn is not None or self._pending or (self._worker is not None and not self._worker.done())
+        if self._ended or busy or self._carry or self._speculation is not None:
+            return False
+        self._speculation = Speculation(key)
+        self._pending.append(TurnInput(text, speculation=self._speculation))
+        self._worker = asyncio.create_task(self._work(), name=f"turns:{self.session_id}")
+        return True
+
+    def commit(self, key: tuple[int, int], timing: VoiceTiming) -> bool:
+        """The endpointer ended the turn on the speculated audio: let the answer out."""
+        spec, self._speculation = self._speculation, None
+        if spec is None or spec.key != key or spec.cancelled:
+            return False
+        spec.commit(timing)
+        return True
+
+    def drop_speculation(self) -> None:
+        """The user spoke again: the speculative turn never happened."""
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        spec.cancelled = True
+        self._pending = collections.deque(t for t in self._pending if t.speculation is not spec)
+        if self._running_speculation is spec and self._turn is not None and self._current is not None:
+            state, speaker = self._current
+            state.interrupted = True
+            state.heard_text = ""  # nothing was heard: no history
+            if speaker is not None:
+                speaker.cancel()
+            self._turn.cancel()
+
     async def _enqueue(self, turn: TurnInput) -> None:
         if len(self._pending) >= MAX_PENDING_INPUTS:
             await self.report(
@@ -171,12 +208,19 @@ class StreamSession:
         """The user talked over the answer (voice activity, past barge_in.min_speech_ms)."""
         if self._current is None:
             return
+        if self._running_speculation is not None and not self._running_speculation.committed:
+            self.drop_speculation()
+            return
         state, _ = self._current
         self.interrupt()
         if state.voice is not None and not state.heard_text:
             self._carry = state.user_text  # nothing was heard: the new speech continues this turn
 
     async def put(self, turn_id: str, **oneof: Any) -> None:
+        """Send an event; a speculative turn's wait until it is confirmed (numbered when they go)."""
+        spec = self._running_speculation
+        if turn_id and spec is not None and spec.turn_id == turn_id:
+            await spec.wait()
         await self.out.put(self._writer.event(turn_id, **oneof))
 
     async def end_idle(self, why: str) -> None:
@@ -224,30 +268,33 @@ class StreamSession:
         state = TurnState(self.session_id, self._profile, self._options, turn.text, principal=self._principal)
         state.voice = turn.voice
         turn_id_var.set(state.turn_id)
-
+        spec = self._running_speculation = turn.speculation
+        if spec is not None:
+            spec.turn_id = state.turn_id
         sink = _StreamSink(self, state.turn_id)
-        speaker = None
-        if self.voice is not None:
-            speaker = sink.speaker = self.voice.speaker(state.turn_id)
-            speaker.start()
-            state.until_spoken = speaker.wait_played
-            self.voice.ingest.arm_barge_in(True)
+        speaker = self._start_speech(state, sink, spec)
         self._current = (state, speaker)
         self._interrupted = None
         self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
         await asyncio.wait([self._turn])
         self._current = None
-        if speaker is not None and self.voice is not None:
+        self._running_speculation = None
+        if self.voice is not None:
             self.voice.ingest.arm_barge_in(False)
+        if speaker is not None:
             await speaker.aclose()
-            if state.voice is not None:
-                state.voice.first_audio = speaker.first_audio_at
-                state.voice.tts_s = speaker.tts_s
-                state.voice.audio_out_ms = speaker.sent_ms
-            if speaker.error is not None:
-                await self.report(Unavailable(f"speech synthesis failed; the answer is text only: {speaker.error}"))
-        if self._interrupted is not None:
-            await self.put(state.turn_id, interrupted=self._interrupted)
+        if spec is not None and not spec.committed:
+            # Dropped (the user spoke on), or it ended before it was confirmed: the final transcript
+            # then starts a turn the usual way. Either way this one sends nothing.
+            spec.cancelled = True
+            if self._speculation is spec:
+                self._speculation = None
+            self._turn = None
+            turn_id_var.set("")
+            return
+        if spec is not None:
+            state.voice = spec.timing
+        await self._end_speech(state, speaker)
         failed = False
         if not self._turn.cancelled() and (exc := self._turn.exception()) is not None:
             # The one place a turn's failure is contained: report it, keep the stream.
@@ -276,6 +323,28 @@ class StreamSession:
             },
         )
         turn_id_var.set("")
+
+    def _start_speech(self, state: TurnState, sink: _StreamSink, spec: Speculation | None) -> Speaker | None:
+        """Voice: the answer is also spoken, and the user may barge in while it is."""
+        if self.voice is None:
+            return None
+        speaker = sink.speaker = self.voice.speaker(state.turn_id)
+        speaker.start()
+        # A speculative turn keeps no history until it is confirmed.
+        state.until_spoken = speaker.wait_played if spec is None else _after(spec.wait, speaker.wait_played)
+        self.voice.ingest.arm_barge_in(True)
+        return speaker
+
+    async def _end_speech(self, state: TurnState, speaker: Speaker | None) -> None:
+        if speaker is not None:
+            if state.voice is not None:
+                state.voice.first_audio = speaker.first_audio_at
+                state.voice.tts_s = speaker.tts_s
+                state.voice.audio_out_ms = speaker.sent_ms
+            if speaker.error is not None:
+                await self.report(Unavailable(f"speech synthesis failed; the answer is text only: {speaker.error}"))
+        if self._interrupted is not None:
+            await self.put(state.turn_id, interrupted=self._interrupted)
 
     async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
         """Wait for the client's ToolResult for a call it was sent (bounded)."""
@@ -319,12 +388,12 @@ class _StreamSink:
     async def text(self, delta: str) -> None:
         if self.speaker is not None:
             self.speaker.feed(delta)
-        await self._session.out.put(self._session._writer.text(self._turn_id, delta))
+        await self._session.put(self._turn_id, agent_text=pb.AgentText(delta=delta))
 
     async def tool_call(self, call: ToolCallInfo) -> None:
         runs_on = pb.ToolCall.RUNS_ON_CLIENT if call.runs_on == "client" else pb.ToolCall.RUNS_ON_SERVER
         event = pb.ToolCall(call_id=call.call_id, name=call.name, arguments_json=call.arguments_json, runs_on=runs_on)
-        await self._session.out.put(self._session._writer.event(self._turn_id, tool_call=event))
+        await self._session.put(self._turn_id, tool_call=event)
 
     async def tool_result(self, outcome: ToolOutcome) -> None:
         event = pb.ToolCallResult(call_id=outcome.call_id, ok=outcome.ok)
@@ -332,7 +401,15 @@ class _StreamSink:
             event.output_json = outcome.output_json
         else:
             event.error = outcome.error
-        await self._session.out.put(self._session._writer.event(self._turn_id, tool_result=event))
+        await self._session.put(self._turn_id, tool_result=event)
 
     async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
         return await self._session.ask_client(call)
+
+
+def _after(first: Callable[[], Awaitable[None]], then: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def both() -> None:
+        await first()
+        await then()
+
+    return both

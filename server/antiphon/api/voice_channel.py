@@ -21,7 +21,7 @@ from antiphon.v1 import events_pb2 as pb
 from antiphon.voice.endpointer import BargeIn, BargeInMode, BargeInSettings, SpeechStarted, VadSettings
 from antiphon.voice.engines import VoiceEngines
 from antiphon.voice.formats import AudioSpec, Encoding, parse_spec
-from antiphon.voice.ingest import Idle, PartialDue, Pause, Utterance, VoiceIngest, check_seq
+from antiphon.voice.ingest import Idle, PartialDue, Pause, Resumed, Utterance, VoiceIngest, check_seq
 from antiphon.voice.speaker import Speaker
 from antiphon.voice.stt import Transcription
 from antiphon.voice.timing import VoiceTiming
@@ -97,6 +97,8 @@ class VoiceChannel:
         self._partial: asyncio.Task[None] | None = None
         self._early: tuple[int, int, asyncio.Task[Transcription]] | None = None
         self._final: asyncio.Task[None] | None = None
+        self._speculating: asyncio.Task[None] | None = None
+        self._speculate_enabled = settings.speculate
         self.audio_in_ms = 0.0
 
     # ------------------------------------------------------------------ input
@@ -118,6 +120,8 @@ class VoiceChannel:
                 self._maybe_partial(event)
             elif isinstance(event, Pause):
                 self._decode_early(event)
+            elif isinstance(event, Resumed):
+                self._drop_early()
             elif isinstance(event, Utterance):
                 await self._on_utterance(event, received)
             elif isinstance(event, Idle):
@@ -138,11 +142,28 @@ class VoiceChannel:
             await self._emit(transcript=pb.Transcript(text=result.text, is_final=False, stability=0.5))
 
     def _decode_early(self, pause: Pause) -> None:
+        """The user paused: transcribe now, and start answering if the pause holds (speculation.py)."""
+        self._drop_early()
         audio = self.ingest.audio(pause.start_sample, pause.end_sample)
         task = asyncio.create_task(self._engines.transcribe(audio, words=True), name="stt-early")
+        self._early = (pause.start_sample, pause.end_sample, task)
+        self._speculating = asyncio.create_task(self._speculate(task, (pause.start_sample, pause.end_sample)))
+
+    async def _speculate(self, task: asyncio.Task[Transcription], key: tuple[int, int]) -> None:
+        try:
+            result = await task
+        except AntiphonError:
+            return
+        still_paused = self._early is not None and self._early[:2] == key
+        if still_paused and result.text and self._speculate_enabled:
+            self._session.speculate(result.text, key)
+
+    def _drop_early(self) -> None:
+        """Speech resumed (or a new pause began): the last pause was not the end of the turn."""
         if self._early is not None:
             self._early[2].cancel()
-        self._early = (pause.start_sample, pause.end_sample, task)
+            self._early = None
+        self._session.drop_speculation()
 
     async def _on_utterance(self, utterance: Utterance, received: float) -> None:
         stopped = utterance.stopped
@@ -151,22 +172,27 @@ class VoiceChannel:
         detected = VoiceTiming.at_audio(received, position, stopped.detected_ms)
         await self._emit(speech_stopped=pb.SpeechStopped(audio_ms=stopped.audio_ms, reason=stopped.reason))
         early, self._early = self._early, None
-        if early is not None and (early[0], early[1]) == (stopped.start_sample, stopped.end_sample):
+        key = (stopped.start_sample, stopped.end_sample)
+        if early is not None and (early[0], early[1]) == key:
             task = early[2]  # the pause was the end: its transcript is (nearly) ready
         else:
             if early is not None:
                 early[2].cancel()
+            self._session.drop_speculation()
             task = asyncio.create_task(self._engines.transcribe(utterance.audio, words=True), name="stt-final")
         offset_ms = stopped.start_sample / 16  # words are timed from the utterance's first sample
         previous = self._final
         self._final = asyncio.create_task(
-            self._finish(task, previous, offset_ms, speech_end, detected), name="stt-finish"
+            self._finish(task, previous, key, offset_ms=offset_ms, speech_end=speech_end, detected=detected),
+            name="stt-finish",
         )
 
     async def _finish(
         self,
         task: asyncio.Task[Transcription],
         previous: asyncio.Task[None] | None,
+        key: tuple[int, int],
+        *,
         offset_ms: float,
         speech_end: float,
         detected: float,
@@ -188,7 +214,8 @@ class VoiceChannel:
         if not result.text:
             return  # noise, a cough: nothing to answer
         timing = VoiceTiming(speech_end, detected, time.perf_counter(), result.decode_ms / 1000)
-        await self._session.submit_voice(result.text, timing)
+        if not self._session.commit(key, timing):
+            await self._session.submit_voice(result.text, timing)
 
     # ------------------------------------------------------------------ output
 
@@ -204,6 +231,7 @@ class VoiceChannel:
             self.output_spec,
             emit,
             lead_ms=self._settings.output_lead_ms,
+            first_max_words=self._settings.first_piece_max_words,
         )
 
     async def _emit(self, **oneof: object) -> None:
@@ -211,4 +239,4 @@ class VoiceChannel:
 
     async def close(self) -> None:
         early = self._early[2] if self._early is not None else None
-        await cancel_and_wait(self._partial, early, self._final)
+        await cancel_and_wait(self._partial, early, self._speculating, self._final)

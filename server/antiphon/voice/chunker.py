@@ -11,8 +11,9 @@ Boundaries, in order of preference:
   word of two letters or more ("Sure,", "Well,"; never "a,"): the first audio
   then needs only the first clause. Later pieces take one only past
   `soft_max_words`;
-- past `hard_max_words` words (or `max_chars` characters) the piece is cut at
-  its last clause end, else before the current word.
+- past `hard_max_words` words (or `max_chars` characters), or for the first
+  piece past `first_max_words` when set, the piece is cut at its last clause
+  end, else before the current word.
 
 Punctuation is cut only once the character after it is known (whitespace or
 not), which keeps "3.14", "1,000" and "10:30" whole and costs one token of
@@ -49,12 +50,17 @@ class ChunkerSettings:
     soft_max_words: int = 20
     hard_max_words: int = 40
     max_chars: int = 400
+    # The answer's first piece ends after this many words even without punctuation (0: off): the
+    # first audio then waits for a few words, not a whole sentence, at some cost in prosody.
+    first_max_words: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_clause_words <= self.soft_max_words <= self.hard_max_words:
             raise ValueError("need 1 <= min_clause_words <= soft_max_words <= hard_max_words")
         if self.eager_words < 0 or self.max_chars < 16:
             raise ValueError("eager_words must be >= 0 and max_chars >= 16")
+        if not 0 <= self.first_max_words <= self.hard_max_words:
+            raise ValueError("first_max_words must be 0..hard_max_words")
 
 
 def clean(raw: str) -> str:
@@ -140,7 +146,8 @@ class ClauseChunker:
                 self._in_token, self._token_start, self._token_counted = True, i, False
             if c.isalnum():
                 if not self._token_counted:
-                    if self._words >= s.hard_max_words:
+                    first_full = s.first_max_words and not self._emitted_words and self._words >= s.first_max_words
+                    if self._words >= s.hard_max_words or first_full:
                         self._hard_cut(out, i)
                     self._token_counted = True
                     self._words += 1

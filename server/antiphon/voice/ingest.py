@@ -64,6 +64,13 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """Speech came back after a Pause: that pause was not the end of the turn."""
+
+    audio_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class PartialDue:
     """Another partial_interval_ms of speech arrived: [start_sample, end_sample) so far."""
 
@@ -78,7 +85,7 @@ class Idle:
     silent_ms: float
 
 
-IngestEvent = SpeechStarted | Utterance | Pause | PartialDue | BargeIn | Idle
+IngestEvent = SpeechStarted | Utterance | Pause | Resumed | PartialDue | BargeIn | Idle
 
 
 class VoiceIngest:
@@ -210,7 +217,9 @@ class VoiceIngest:
         ep = self._endpointer
         start = ep.start_sample
         if end_ms - ep.last_speech_ms < 1:  # still talking
-            self._pause_sent = False
+            if self._pause_sent:
+                self._pause_sent = False
+                events.append(Resumed(end_ms))
             if self._partial_every and end_sample >= self._next_partial:
                 self._next_partial = end_sample + self._partial_every
                 events.append(PartialDue(start, end_sample))

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from antiphon.voice.chunker import ClauseChunker
+from antiphon.voice.chunker import ChunkerSettings, ClauseChunker
 from antiphon.voice.formats import AudioSpec, encode_pcm16
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Speaker:
         emit: Emit,
         *,
         lead_ms: int = 160,
+        first_max_words: int = 0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._synthesize = synthesize
@@ -60,7 +61,7 @@ class Speaker:
         self._emit = emit
         self._lead_s = lead_ms / 1000
         self._clock = clock
-        self._chunker = ClauseChunker()
+        self._chunker = ClauseChunker(ChunkerSettings(first_max_words=first_max_words))
         self._texts: asyncio.Queue[str | None] = asyncio.Queue()
         self._audio: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=2)
         self._pieces: list[SpokenPiece] = []
