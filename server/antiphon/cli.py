@@ -1,4 +1,4 @@
-"""Command line: `antiphon serve | models | chat | keys | usage`."""
+"""Command line: `antiphon serve | models | chat | talk | keys | usage`."""
 
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def cmd_talk(args: argparse.Namespace) -> int:
+    from antiphon_client.talk import main
+
+    return main(args)
+
+
 # --- gateway: `antiphon keys ...`, `antiphon usage` ---
 def cmd_keys(args: argparse.Namespace) -> int:
     from antiphon_client.keys import keys_main
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="talk to a running server (interactive, or -m for one message)")
     add_arguments(chat)
     chat.set_defaults(func=cmd_chat)
+
+    from antiphon_client.talk import add_arguments as add_talk_arguments
+
+    talk = sub.add_parser("talk", help="speak a WAV file (or the microphone) to a running server; save the answer")
+    add_talk_arguments(talk)
+    talk.set_defaults(func=cmd_talk)
 
     from antiphon_client.keys import add_keys_arguments, add_usage_arguments  # gateway
 
