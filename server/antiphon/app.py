@@ -164,7 +164,9 @@ class App:
             profiles=profiles,
             usage=self.gateway.metering,
         )
-        services = Services(s, profiles, self.sessions, runner, self.principal_of, voice=self._voice)
+        services = Services(
+            s, profiles, self.sessions, runner, self.principal_of, voice=self._voice, meter=self.gateway.metering
+        )
 
         await self.gateway.start()
         server = grpc.aio.server(

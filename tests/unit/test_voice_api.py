@@ -258,3 +258,24 @@ async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
     assert len(finals) == 1
     history = fake_llm.prompts[-1]
     assert [m.role for m in history[1:]] == ["user"]  # the dropped turn left no history
+
+
+async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(fake_llm: FakeLLM, engines: VoiceEngines) -> None:
+    app = App(test_settings(limits={"tenant_audio_s_per_min": 2}), llm=fake_llm, voice=engines)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            c = _Call(RunningServer(app, channel), input_audio=PCM16K)
+            await c.open()
+            # writes fail once the server has ended the stream
+            with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
+                for _ in range(10):
+                    await c.send(silence(1000), ms=100)
+                    await asyncio.sleep(0.05)
+            assert await c.call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.aio.AioRpcError):
+                await c._reader
+            usage = await app.gateway.metering.report("default", app.gateway.metering._period())
+            assert usage.usage.stt_seconds >= 2
+    finally:
+        await app.stop(grace_s=1)

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -51,6 +51,13 @@ class TurnInput:
     speculation: Speculation | None = None  # set for a turn started before the user's turn was confirmed
 
 
+class AudioMeter(Protocol):
+    """Gateway: meters audio seconds (recognised and spoken) and enforces the audio rate limit."""
+
+    def record_audio(self, principal: Principal, stt_seconds: float = 0.0, tts_seconds: float = 0.0) -> None: ...
+    async def admit_audio(self, principal: Principal) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
@@ -60,6 +67,7 @@ class Services:
     # Who is calling; the gateway's authentication replaces the embedded default.
     principal_of: Callable[[grpc.aio.ServicerContext], Principal] = lambda _context: EMBEDDED_PRINCIPAL
     voice: VoiceEngines | None = None  # None: text only (voice off, or its models missing)
+    meter: AudioMeter | None = None  # gateway: audio usage and rate limits
 
 
 class StreamSession:
@@ -216,6 +224,14 @@ class StreamSession:
         if state.voice is not None and not state.heard_text:
             self._carry = state.user_text  # nothing was heard: the new speech continues this turn
 
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    @property
+    def meter(self) -> AudioMeter | None:
+        return self._svc.meter
+
     async def put(self, turn_id: str, **oneof: Any) -> None:
         """Send an event; a speculative turn's wait until it is confirmed (numbered when they go)."""
         spec = self._running_speculation
@@ -337,6 +353,8 @@ class StreamSession:
 
     async def _end_speech(self, state: TurnState, speaker: Speaker | None) -> None:
         if speaker is not None:
+            if self._svc.meter is not None and speaker.sent_ms:
+                self._svc.meter.record_audio(self._principal, tts_seconds=speaker.sent_ms / 1000)
             if state.voice is not None:
                 state.voice.first_audio = speaker.first_audio_at
                 state.voice.tts_s = speaker.tts_s

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+METER_EVERY_MS = 1000  # audio is metered, and its rate limit checked, once per second of it
+
 _ENCODINGS = {
     pb.AUDIO_ENCODING_PCM16: Encoding.PCM16,
     pb.AUDIO_ENCODING_MULAW: Encoding.MULAW,
@@ -99,6 +101,7 @@ class VoiceChannel:
         self._final: asyncio.Task[None] | None = None
         self._speculating: asyncio.Task[None] | None = None
         self._speculate_enabled = settings.speculate
+        self._unmetered_ms = 0.0
         self.audio_in_ms = 0.0
 
     # ------------------------------------------------------------------ input
@@ -109,7 +112,11 @@ class VoiceChannel:
             self._in_seq = chunk.seq
         events = self.ingest.feed(chunk.data)  # InvalidArgument: the stream ends with it
         received = time.perf_counter()
-        self.audio_in_ms += self.input_spec.duration_ms(len(chunk.data))
+        duration_ms = self.input_spec.duration_ms(len(chunk.data))
+        self.audio_in_ms += duration_ms
+        self._unmetered_ms += duration_ms
+        if self._unmetered_ms >= METER_EVERY_MS:
+            await self._meter_audio()
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._utterance += 1
@@ -234,9 +241,22 @@ class VoiceChannel:
             first_max_words=self._settings.first_piece_max_words,
         )
 
+    async def _meter_audio(self) -> None:
+        """Gateway: count the audio heard so far; over the tenant's audio rate the stream ends
+        with RESOURCE_EXHAUSTED (raised to the reader)."""
+        meter, seconds = self._session.meter, self._unmetered_ms / 1000
+        self._unmetered_ms = 0.0
+        if meter is not None:
+            meter.record_audio(self._session.principal, stt_seconds=seconds)
+            await meter.admit_audio(self._session.principal)
+
     async def _emit(self, **oneof: object) -> None:
         await self._session.put("", **oneof)
 
     async def close(self) -> None:
+        meter = self._session.meter
+        if meter is not None and self._unmetered_ms:
+            meter.record_audio(self._session.principal, stt_seconds=self._unmetered_ms / 1000)
+            self._unmetered_ms = 0.0
         early = self._early[2] if self._early is not None else None
         await cancel_and_wait(self._partial, early, self._speculating, self._final)
