@@ -107,6 +107,8 @@ async def test_spoken_turn_gets_transcript_text_audio_and_latency(
     assert lat.voice_to_voice_ms > 0
     assert lat.llm_first_token_ms >= 0
     assert lat.audio_out_ms == pytest.approx(200, abs=10)
+    stages = lat.endpoint_ms + lat.transcript_ms + lat.llm_first_token_ms + lat.first_audio_ms
+    assert stages == pytest.approx(lat.voice_to_voice_ms, abs=0.5)
     assert fake_llm.prompts[-1][-1].content == "what time is it"
 
 
@@ -229,9 +231,14 @@ async def test_answer_starts_during_the_pause_and_is_released_at_the_endpoint(
 ) -> None:
     c = _Call(voice_server, input_audio=PCM16K)
     await c.open()
-    await c.send(np.concatenate([tone(800), silence(700)]))
+    await c.send(np.concatenate([tone(800), silence(240)]))  # past the early decode, before the endpoint
+    await asyncio.sleep(0.3)
+    assert len(fake_llm.prompts) == 1  # the answer is under way...
+    assert not [e for e in c.seen if e.HasField("agent_text")]  # ...and held back
+    await c.send(silence(500))
     end = await c.until("turn_end")
     await c.close()
+    assert end.turn_end.latency.early_start
     assert len(fake_llm.prompts) == 1  # the speculative turn was the turn
     kinds = ["final" if e.HasField("transcript") and e.transcript.is_final else e.WhichOneof("event") for e in c.seen]
     assert kinds.index("speech_stopped") < kinds.index("final") < kinds.index("agent_text")

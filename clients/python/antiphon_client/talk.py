@@ -213,7 +213,7 @@ class _Collector:
             if self._queued:
                 self._queued.popleft()
             turn.reason = pb.TurnEnd.Reason.Name(end.reason).removeprefix("REASON_").lower()
-            turn.latency = {f.name: getattr(end.latency, f.name) for f in pb.Latency.DESCRIPTOR.fields}
+            turn.latency = {f.name: float(getattr(end.latency, f.name)) for f in pb.Latency.DESCRIPTOR.fields}
             turn.usage = {"input_tokens": end.usage.input_tokens, "output_tokens": end.usage.output_tokens}
             self.result.turns.append(turn)
             return turn
@@ -316,7 +316,8 @@ def latency_line(latency: dict[str, float]) -> str:
     return (
         f"latency: voice-to-voice {ms['voice_to_voice']} ms = endpoint {ms['endpoint']}"
         f" + transcript {ms['transcript']} + llm first token {ms['llm_first_token']}"
-        f" + first audio {ms['first_audio']} (stt {ms['stt']} ms, tts {ms['tts']} ms)"
+        f" + first audio {ms['first_audio']} (stt {ms['stt']} ms, tts {ms['tts']} ms"
+        + (", answer started early)" if latency.get("early_start") else ")")
     )
 
 

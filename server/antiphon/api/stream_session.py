@@ -308,8 +308,9 @@ class StreamSession:
             self._turn = None
             turn_id_var.set("")
             return
-        if spec is not None:
+        if spec is not None and spec.timing is not None:
             state.voice = spec.timing
+            spec.timing.early_start = True
         await self._end_speech(state, speaker)
         failed = False
         if not self._turn.cancelled() and (exc := self._turn.exception()) is not None:

@@ -23,6 +23,7 @@ class VoiceTiming:
     transcript: float  # when the final transcript was ready
     stt_s: float  # recognition compute of that transcript
     first_audio: float | None = None
+    early_start: bool = False  # the answer began before the endpointer confirmed the turn
     tts_s: float = 0.0
     audio_out_ms: float = 0.0
 
@@ -33,23 +34,31 @@ class VoiceTiming:
         return received - max(0.0, position_ms - audio_ms) / 1000
 
     def fill(self, latency: pb.Latency, state: Any) -> None:
-        """Complete a turn_end's latency (state: the TurnState; its clock starts at the transcript)."""
+        """Complete a turn_end's latency (state: the TurnState; its clock starts when the turn ran).
 
-        def ms(a: float, b: float) -> float:
-            return max(0.0, (b - a) * 1000)
-
-        latency.endpoint_ms = ms(self.speech_end, self.detected)
-        latency.transcript_ms = ms(self.detected, self.transcript)
-        latency.stt_ms = self.stt_s * 1000
+        The stages split the user's wait along the critical path: each counts from where the
+        previous one ended, so they add up to voice_to_voice_ms, and work done while the
+        endpointer was still waiting (the early transcript, a speculative start) counts 0.
+        """
         first_token = state.started + state.first_sent_s if state.first_sent_s is not None else None
-        if first_token is not None:
-            latency.llm_first_token_ms = ms(self.transcript, first_token)
-        if self.first_audio is not None:
-            latency.voice_to_voice_ms = ms(self.speech_end, self.first_audio)
-            if first_token is not None:
-                latency.first_audio_ms = ms(first_token, self.first_audio)
+        latency.stt_ms = self.stt_s * 1000
         latency.tts_ms = self.tts_s * 1000
         latency.audio_out_ms = self.audio_out_ms
+        latency.early_start = self.early_start
+        latency.endpoint_ms = _ms(self.speech_end, self.detected)
+        transcript = max(self.detected, self.transcript)
+        latency.transcript_ms = _ms(self.detected, transcript)
+        if first_token is None:
+            return
+        token = max(transcript, first_token)
+        latency.llm_first_token_ms = _ms(transcript, token)
+        if self.first_audio is not None:
+            latency.first_audio_ms = _ms(token, self.first_audio)
+            latency.voice_to_voice_ms = _ms(self.speech_end, self.first_audio)
+
+
+def _ms(a: float, b: float) -> float:
+    return max(0.0, (b - a) * 1000)
 
 
 def now() -> float:
