@@ -63,11 +63,14 @@ class ScriptedSTT(SpeechToText):
         self.text = text
         self.calls: list[int] = []
         self.gate: threading.Event | None = None
+        self.fail = False
 
     def transcribe(self, samples: npt.NDArray[np.int16], *, words: bool = False) -> Transcription:
         self.calls.append(len(samples))
         if self.gate is not None:
             self.gate.wait(5)
+        if self.fail:
+            raise RuntimeError("recogniser exploded")
         audio_ms = len(samples) / 16
         if not len(samples) or np.abs(samples).max() < 100:
             return Transcription("", (), audio_ms, 1.0)

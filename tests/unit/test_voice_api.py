@@ -286,3 +286,21 @@ async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(fake_llm: Fak
             assert usage.usage.stt_seconds >= 2
     finally:
         await app.stop(grace_s=1)
+
+
+async def test_failing_recognition_is_reported_and_the_stream_goes_on(
+    voice_server: RunningServer, engines: VoiceEngines
+) -> None:
+    assert isinstance(engines.stt, ScriptedSTT)
+    engines.stt.fail = True
+    c = _Call(voice_server, input_audio=PCM16K)
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(700)]))
+    error = await c.until("error")
+    assert error.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "recognition" in error.error.message
+    engines.stt.fail = False
+    await c.send(np.concatenate([tone(800), silence(700)]))
+    end = await c.until("turn_end")
+    await c.close()
+    assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED

@@ -162,3 +162,13 @@ def test_unsupported_formats(encoding: Encoding | None, rate: int, channels: int
     with pytest.raises(InvalidArgument, match=match):
         parse_spec("input_audio", encoding, rate, channels)
     assert parse_spec("x", Encoding.ALAW, 0, 0) == AudioSpec(Encoding.ALAW, 8000)
+
+
+def test_partial_stability_is_the_share_of_words_that_held() -> None:
+    from antiphon.api.voice_channel import partial_stability
+
+    assert partial_stability("", "what time") == 0.0
+    assert partial_stability("What time", "what time is it?") == 0.5
+    assert partial_stability("what tie", "what time is") == pytest.approx(1 / 3)
+    assert partial_stability("what time is it", "what time is it") == 1.0
+    assert partial_stability("anything", "") == 0.0

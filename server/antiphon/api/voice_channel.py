@@ -21,7 +21,7 @@ from antiphon.v1 import events_pb2 as pb
 from antiphon.voice.endpointer import BargeIn, BargeInMode, BargeInSettings, SpeechStarted, VadSettings
 from antiphon.voice.engines import VoiceEngines
 from antiphon.voice.formats import AudioSpec, Encoding, parse_spec
-from antiphon.voice.ingest import Idle, PartialDue, Pause, Resumed, Utterance, VoiceIngest, check_seq
+from antiphon.voice.ingest import Idle, PartialDue, Pause, Pcm16, Resumed, Utterance, VoiceIngest, check_seq
 from antiphon.voice.speaker import Speaker
 from antiphon.voice.stt import Transcription
 from antiphon.voice.timing import VoiceTiming
@@ -102,6 +102,8 @@ class VoiceChannel:
         self._speculating: asyncio.Task[None] | None = None
         self._speculate_enabled = settings.speculate
         self._unmetered_ms = 0.0
+        self._last_partial = ""
+        self._partial_of = 0
         self.audio_in_ms = 0.0
 
     # ------------------------------------------------------------------ input
@@ -140,13 +142,15 @@ class VoiceChannel:
         audio = self.ingest.audio(due.start_sample, due.end_sample)
         self._partial = asyncio.create_task(self._run_partial(audio, self._utterance), name="stt-partial")
 
-    async def _run_partial(self, audio: object, utterance: int) -> None:
+    async def _run_partial(self, audio: Pcm16, utterance: int) -> None:
         try:
-            result = await self._engines.transcribe(audio)  # type: ignore[arg-type]
+            result = await self._engines.transcribe(audio)
         except AntiphonError:
             return  # a partial is best effort; the final reports failures
         if result.text and utterance == self._utterance and self.ingest.speaking:
-            await self._emit(transcript=pb.Transcript(text=result.text, is_final=False, stability=0.5))
+            stability = partial_stability(self._last_partial if utterance == self._partial_of else "", result.text)
+            self._last_partial, self._partial_of = result.text, utterance
+            await self._emit(transcript=pb.Transcript(text=result.text, is_final=False, stability=stability))
 
     def _decode_early(self, pause: Pause) -> None:
         """The user paused: transcribe now, and start answering if the pause holds (speculation.py)."""
@@ -260,3 +264,17 @@ class VoiceChannel:
             self._unmetered_ms = 0.0
         early = self._early[2] if self._early is not None else None
         await cancel_and_wait(self._partial, early, self._speculating, self._final)
+
+
+def partial_stability(previous: str, current: str) -> float:
+    """Share of the partial's words that the previous partial already had, in order: words that
+    survived a re-decode with more audio are likely to survive into the final transcript."""
+    before, now = previous.lower().split(), current.lower().split()
+    if not now:
+        return 0.0
+    same = 0
+    for a, b in zip(before, now, strict=False):
+        if a.strip(".,!?") != b.strip(".,!?"):
+            break
+        same += 1
+    return same / len(now)
