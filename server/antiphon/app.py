@@ -218,6 +218,8 @@ class App:
         if not drained:
             log.warning("grace period over; cancelling open streams", extra={"open_streams": self.streams.open_streams})
         await self._server.stop(0.5 if drained else 0)
+        if not drained:  # the cancelled handlers close their sessions (turns, speech): let them finish
+            await self.streams.wait_idle(2.0)
         self._server = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

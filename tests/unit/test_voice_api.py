@@ -304,3 +304,31 @@ async def test_failing_recognition_is_reported_and_the_stream_goes_on(
     end = await c.until("turn_end")
     await c.close()
     assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
+
+
+async def test_half_close_mid_utterance_answers_it_then_ends(voice_server: RunningServer, fake_llm: FakeLLM) -> None:
+    c = _Call(voice_server, input_audio=PCM16K)
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(240)]))  # paused: a speculative answer is under way
+    await asyncio.sleep(0.2)
+    await c.close()  # half-close: no endpoint will ever come from the audio
+    kinds = [e.WhichOneof("event") for e in c.seen]
+    assert "turn_end" in kinds
+    stopped = next(e for e in c.seen if e.HasField("speech_stopped"))
+    assert stopped.speech_stopped.reason == "end_of_input"
+    assert await c.call.code() == grpc.StatusCode.OK
+    assert len(fake_llm.prompts) == 1
+
+
+async def test_server_stop_mid_answer_leaves_no_task_behind(fake_llm: FakeLLM, engines: VoiceEngines) -> None:
+    fake_llm.tokens = list(LONG_ANSWER)
+    app = App(test_settings(), llm=fake_llm, voice=engines)
+    await app.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        c = _Call(RunningServer(app, channel), input_audio=PCM16K)
+        await c.open()
+        await c.send(np.concatenate([tone(800), silence(700)]))
+        await c.until("audio")
+        await app.stop(grace_s=0.2)  # the fail_on_leaked_tasks fixture checks nothing was left running
+        with pytest.raises(grpc.aio.AioRpcError):
+            await c._reader

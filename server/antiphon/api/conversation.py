@@ -125,6 +125,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
             else:
                 await session.report(InvalidArgument("event: empty ClientEvent"))
         # end_of_input, or the client half-closed: finish what was asked, then end.
+        if session.voice is not None:
+            await session.voice.end_of_input()
         await session.end_input()
 
     async def _drain_on_shutdown(self, session: StreamSession) -> None:

@@ -259,6 +259,7 @@ class StreamSession:
         if self._ended:
             return
         self._ended = True
+        self.drop_speculation()  # no endpoint can confirm it any more
         if self._worker is None or self._worker.done():
             await self.out.put(None)
 
@@ -292,7 +293,11 @@ class StreamSession:
         self._current = (state, speaker)
         self._interrupted = None
         self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
-        await asyncio.wait([self._turn])
+        try:
+            await asyncio.wait([self._turn])
+        except asyncio.CancelledError:  # the stream is closing: the turn and its speech go with it
+            await cancel_and_wait(self._turn, speaker.task if speaker is not None else None)
+            raise
         self._current = None
         self._running_speculation = None
         if self.voice is not None:

@@ -113,12 +113,20 @@ class VoiceChannel:
         if chunk.seq:
             self._in_seq = chunk.seq
         events = self.ingest.feed(chunk.data)  # InvalidArgument: the stream ends with it
-        received = time.perf_counter()
+        await self._handle(events, time.perf_counter())
         duration_ms = self.input_spec.duration_ms(len(chunk.data))
         self.audio_in_ms += duration_ms
         self._unmetered_ms += duration_ms
         if self._unmetered_ms >= METER_EVERY_MS:
             await self._meter_audio()
+
+    async def end_of_input(self) -> None:
+        """The client sends no more audio: what it said last is a turn, answered before the stream ends."""
+        await self._handle(self.ingest.finish(), time.perf_counter())
+        if self._final is not None:
+            await asyncio.wait([self._final])
+
+    async def _handle(self, events: list[IngestEvent], received: float) -> None:
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._utterance += 1

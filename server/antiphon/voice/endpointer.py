@@ -82,7 +82,7 @@ class SpeechStopped:
     [start_sample, end_sample), prefix included."""
 
     audio_ms: float
-    reason: Literal["silence", "max_turn"]
+    reason: Literal["silence", "max_turn", "end_of_input"]
     detected_ms: float
     start_sample: int
     end_sample: int
@@ -212,7 +212,16 @@ class Endpointer:
         self._start_sample = max(0, self._floor_sample, prefixed)
         return SpeechStarted(audio_ms=self._speech_start_ms, detected_ms=end_ms, start_sample=self._start_sample)
 
-    def _stop(self, audio_ms: float, reason: Literal["silence", "max_turn"], end_ms: float) -> SpeechStopped:
+    def force_stop(self) -> SpeechStopped | None:
+        """The input ended: an utterance in progress ends where its speech did; a candidate is dropped."""
+        state, self._state = self._state, State.SILENCE
+        if state is not State.SPEAKING:
+            return None
+        return self._stop(self._last_speech_ms, "end_of_input", self._last_ms)
+
+    def _stop(
+        self, audio_ms: float, reason: Literal["silence", "max_turn", "end_of_input"], end_ms: float
+    ) -> SpeechStopped:
         self._state = State.SILENCE
         end_sample = self._sample(audio_ms)
         self._floor_sample = end_sample
@@ -267,8 +276,11 @@ class BargeInDetector:
         self._last_ms = 0.0
         self.reset()
 
-    def reset(self) -> None:
-        """Arm again (audio time keeps running: the stream goes on)."""
+    def reset(self, position_ms: float | None = None) -> None:
+        """Arm again (audio time keeps running: the stream goes on). position_ms: where the stream
+        is now, when windows were not pushed while disarmed."""
+        if position_ms is not None:
+            self._last_ms = max(self._last_ms, position_ms)
         self._fired = False
         self._in_speech = False
         self._run_start_ms = 0.0

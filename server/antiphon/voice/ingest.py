@@ -2,9 +2,9 @@
 
 chunk (client format) -> decode to PCM16 -> resample to 16 kHz (soxr, streaming)
 -> 20 ms frames (native ring) -> stage-1 energy VAD per frame -> 512-sample
-windows -> stage-2 Silero only where stage 1 saw candidate speech in the last
-GATE_HANGOVER_MS (or while an utterance is open) -> endpointer and barge-in
-detector on audio time.
+windows -> stage-2 Silero only where stage 1 cannot decide alone (see _stage2:
+candidate speech while silent, every window of a candidate, one in eight
+windows of confirmed speech) -> endpointer and barge-in detector on audio time.
 
 Everything is bounded: the frame ring holds one chunk, the audio history holds
 the prefix while silent and at most max_turn_ms + prefix while the user speaks.
@@ -22,7 +22,7 @@ import numpy.typing as npt
 from antiphon.errors import InvalidArgument
 from antiphon.native import g711
 from antiphon.native.framing import FrameRing
-from antiphon.native.vad import EnergyVad
+from antiphon.native.vad import SPEECH_SCORE, EnergyVad
 from antiphon.voice.endpointer import (
     BargeIn,
     BargeInDetector,
@@ -39,7 +39,10 @@ from antiphon.voice.silero import WINDOW_SAMPLES, VadStream
 
 RATE = 16_000
 FRAME_SAMPLES = 320  # 20 ms: the stage-1 VAD's frame
-GATE_HANGOVER_MS = 200  # stage 2 keeps running this long after stage 1 last saw speech
+GATE_HANGOVER_MS = 64  # while silent, stage 2 keeps running this long after stage 1 last saw speech
+VERIFY_EVERY = 8  # while the user speaks, Silero checks one window in this many that stage 1 calls sound
+WINDOW_MS = 32
+FRAME_MS = 20
 BYTES_PER_MS = RATE * 2 // 1000
 
 Pcm16 = npt.NDArray[np.int16]
@@ -129,6 +132,9 @@ class VoiceIngest:
         self._max_idle_ms = max_idle_ms
         self._last_speech_end_ms = 0.0
         self._started: SpeechStarted | None = None
+        self._since_check = 0
+        self._last_probability = 0.0
+        self._noise = False
         self.stage2_windows = 0  # counters for the latency report and the benchmark
         self.windows = 0
 
@@ -143,7 +149,7 @@ class VoiceIngest:
     def arm_barge_in(self, armed: bool) -> None:
         """Barge-in is watched only while the agent answers; re-arming starts a fresh detection."""
         if armed and not self._barge_armed:
-            self._barge.reset()
+            self._barge.reset(self._endpointer.position_ms)
         self._barge_armed = armed
 
     def audio(self, start_sample: int, end_sample: int) -> Pcm16:
@@ -157,42 +163,58 @@ class VoiceIngest:
         pcm16k = self._resampler.process(pcm)
         return self._frames(pcm16k)
 
+    def finish(self) -> list[IngestEvent]:
+        """End of input: the audio still inside the resampler, then the utterance in progress, if any."""
+        events = self._frames(self._resampler.flush())
+        stopped = self._endpointer.force_stop()
+        if stopped is not None and self._started is not None:
+            events.append(Utterance(self._started, stopped, self.audio(stopped.start_sample, stopped.end_sample)))
+        return events
+
     def _frames(self, pcm16k: bytes) -> list[IngestEvent]:
         events: list[IngestEvent] = []
         ring = self._ring
         ring.push(pcm16k)
+        frames: list[bytes] = []
         while (frame := ring.pop()) is not None:
-            self._history += frame
-            if self._stage1.process(frame) >= 0.5:
-                self._last_stage1_speech = self._samples
-            floats = g711.pcm16_to_float32(frame)
-            offset = 0
-            while offset < FRAME_SAMPLES:
-                take = min(FRAME_SAMPLES - offset, WINDOW_SAMPLES - self._window_fill)
-                self._window[self._window_fill : self._window_fill + take] = floats[offset : offset + take]
-                self._window_fill += take
-                offset += take
-                if self._window_fill == WINDOW_SAMPLES:
-                    self._window_fill = 0
-                    self._on_window(self._samples + offset, events)
-            self._samples += FRAME_SAMPLES
+            frames.append(frame)
+        if frames:
+            self._windows_of(frames, events)
         self._trim_history()
         return events
+
+    def _windows_of(self, frames: list[bytes], events: list[IngestEvent]) -> None:
+        """Stage 1 on each frame, then the chunk's 512-sample windows in one pass over its samples."""
+        base = self._samples
+        data = b"".join(frames)
+        self._history += data
+        heard = [self._stage1.process(frame) >= SPEECH_SCORE for frame in frames]
+        floats = g711.pcm16_to_float32(data)
+        n, pos, frame_index = len(floats), 0, 0
+        while pos < n:
+            take = min(n - pos, WINDOW_SAMPLES - self._window_fill)
+            self._window[self._window_fill : self._window_fill + take] = floats[pos : pos + take]
+            self._window_fill += take
+            pos += take
+            if self._window_fill == WINDOW_SAMPLES:
+                self._window_fill = 0
+                end_sample = base + pos
+                # stage-1 verdicts of the frames that began before the window's end
+                while frame_index < len(frames) and base + frame_index * FRAME_SAMPLES < end_sample:
+                    if heard[frame_index]:
+                        self._last_stage1_speech = base + frame_index * FRAME_SAMPLES
+                    frame_index += 1
+                self._on_window(end_sample, events)
+        for i in range(frame_index, len(frames)):
+            if heard[i]:
+                self._last_stage1_speech = base + i * FRAME_SAMPLES
+        self._samples = base + n
 
     def _on_window(self, end_sample: int, events: list[IngestEvent]) -> None:
         self.windows += 1
         end_ms = end_sample * 1000 / RATE
-        gate_open = (end_sample - self._last_stage1_speech) * 1000 / RATE <= GATE_HANGOVER_MS + 32
-        probability: float | None = None
-        if gate_open or self._endpointer.state is not State.SILENCE:
-            probability = self._vad.probability(self._window)
-            self.stage2_windows += 1
-        else:
-            skip = getattr(self._vad, "skip", None)
-            if skip is not None:
-                skip(self._window)
-        # Fed always (it keeps audio time); heard only while armed.
-        if (barge := self._barge.push(end_ms, probability)) is not None and self._barge_armed:
+        probability = self._stage2(end_sample)
+        if self._barge_armed and (barge := self._barge.push(end_ms, probability)) is not None:
             events.append(barge)
         event = self._endpointer.push(end_ms, probability)
         if isinstance(event, SpeechStarted):
@@ -212,6 +234,47 @@ class VoiceIngest:
             if silent >= self._max_idle_ms:
                 self._last_speech_end_ms = end_ms  # once per idle period
                 events.append(Idle(silent))
+
+    def _stage2(self, end_sample: int) -> float | None:
+        """The window's speech probability, from Silero only where stage 1 cannot decide alone.
+
+        SILENCE: Silero runs where stage 1 heard something (plus a short hangover), and
+        PENDING always: a turn starts only on Silero's word. SPEAKING: stage-1 silence is
+        silence (the endpointer's hangover bridges soft sounds); stage-1 sound is checked by
+        Silero every VERIFY_EVERY windows and otherwise keeps Silero's last verdict, unless the
+        last check found noise, in which case every such window is checked until speech returns.
+        """
+        state = self._endpointer.state
+        recent_ms = (end_sample - self._last_stage1_speech) * 1000 / RATE
+        heard = recent_ms <= WINDOW_MS + FRAME_MS  # stage 1 flagged a frame overlapping this window
+        if state is State.SILENCE:
+            run = recent_ms <= WINDOW_MS + FRAME_MS + GATE_HANGOVER_MS
+        elif state is State.PENDING:
+            run = True
+        elif not heard:
+            self._since_check = VERIFY_EVERY  # the next sound is checked at once
+            self._skip()
+            return None
+        else:
+            self._since_check += 1
+            run = self._noise or self._since_check >= VERIFY_EVERY
+            if not run:
+                self._skip()
+                return self._last_probability
+        if not run:
+            self._skip()
+            return None
+        probability = self._vad.probability(self._window)
+        self.stage2_windows += 1
+        self._since_check = 0
+        self._last_probability = probability
+        self._noise = probability < self._settings.neg_threshold
+        return probability
+
+    def _skip(self) -> None:
+        skip = getattr(self._vad, "skip", None)
+        if skip is not None:
+            skip(self._window)  # not run, but its tail is the next window's context
 
     def _speaking_window(self, end_sample: int, end_ms: float, events: list[IngestEvent]) -> None:
         ep = self._endpointer

@@ -103,6 +103,10 @@ class Speaker:
         if self._task is not None:
             self._task.cancel()
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -148,11 +152,12 @@ class Speaker:
                 pcm = await self._synthesize(text)
                 self.tts_s += time.perf_counter() - started
                 await self._audio.put((text, self._convert(pcm)))
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise  # the sender is gone too: nobody waits for the end marker
+        except Exception as exc:  # a failed synthesis ends the speech, not the turn
             log.warning("speech synthesis failed: %s", exc)
             self.error = exc
-        finally:
-            await self._audio.put(_DONE)
+        await self._audio.put(_DONE)
 
     def _convert(self, pcm: npt.NDArray[np.int16]) -> bytes:
         if pcm.size and self._source_rate != self._spec.sample_rate_hz:
