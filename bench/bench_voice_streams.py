@@ -4,11 +4,10 @@
                                         [--sessions 200] [--quick]
 
 The server is `App` in its own process, pinned to one core, with the real Silero
-VAD and the real ingest path; recognition and synthesis are cheap doubles (the
-scripted recogniser and a tone synthesiser from tests/voice_fakes.py) and the
-model is the scripted fake, so each user turn gets a short spoken answer
-("Hello, world.": 200 ms of audio back). The load generator is this process,
-pinned to the other core.
+VAD and the real ingest path. Recognition and synthesis are excluded, as the
+goal states: the recogniser is a double that hears no words (so no turn starts
+and nothing is synthesised) and partial transcripts are off. The load generator
+is this process, pinned to the other core.
 
 (a) Streams: each step opens N Converse streams (mu-law 8 kHz in and out, vad
 and barge-in defaults) over ceil(N/50) channels. Every stream sends a 20 ms
@@ -135,10 +134,11 @@ async def _serve(conn: Connection, trace: bool) -> None:
             "ANTIPHON_CONTEXT_MEMORY_DIR": "",
             "ANTIPHON_AUTH_KEYS_FILE": f"{scratch}/keys.json",
             "ANTIPHON_VOICE_ENABLED": "off",  # no model loading: the engines are injected
+            "ANTIPHON_VOICE_PARTIAL_INTERVAL_MS": "0",  # recognition is not part of the ingest path
         }
         engines = VoiceEngines(
             vad=SileroVad(),
-            stt=ScriptedSTT(),
+            stt=ScriptedSTT(""),  # hears no words: no turn, no synthesis
             tts=ToneTTS(),
             cache=PhraseCache(max_bytes=1 << 20),
             stt_pool=concurrent.futures.ThreadPoolExecutor(1),
@@ -198,7 +198,7 @@ def replay(chunks: list[bytes], phase: int, n_chunks: int, silero: SileroVad) ->
         vad_settings(pb.VadSettings(), defaults),
         barge_in_settings(pb.BargeIn(), defaults),
         max_chunk_ms=defaults.max_chunk_ms,
-        partial_interval_ms=defaults.partial_interval_ms,
+        partial_interval_ms=0,
         early_decode_silence_ms=defaults.early_decode_silence_ms,
         max_idle_ms=defaults.max_idle_s * 1000,
     )
