@@ -79,6 +79,12 @@ bench: build models tools redis-server
 	$(BIN)/python bench/bench_triton.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_vad.py
+	$(BIN)/python bench/bench_voice_ingest.py
+	$(BIN)/python bench/bench_voice_streams.py
+	$(BIN)/python bench/bench_stt.py
+	$(BIN)/python bench/bench_tts.py
+	$(BIN)/python bench/bench_voice.py --models-dir $(MODELS_DIR)
+	$(BIN)/python bench/bench_vad.py
 	$(BIN)/python bench/bench_gateway.py
 
 clean:
