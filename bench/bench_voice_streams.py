@@ -59,6 +59,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: the recognition and model doubles
 from _table import median, pct, print_table, write_json
 from antiphon.api.voice_channel import barge_in_settings, vad_settings
 from antiphon.config_voice import VoiceSettings
