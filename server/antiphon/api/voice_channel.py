@@ -21,7 +21,17 @@ from antiphon.v1 import events_pb2 as pb
 from antiphon.voice.endpointer import BargeIn, BargeInMode, BargeInSettings, SpeechStarted, VadSettings
 from antiphon.voice.engines import VoiceEngines
 from antiphon.voice.formats import AudioSpec, Encoding, parse_spec
-from antiphon.voice.ingest import Idle, PartialDue, Pause, Pcm16, Resumed, Utterance, VoiceIngest, check_seq
+from antiphon.voice.ingest import (
+    Idle,
+    IngestEvent,
+    PartialDue,
+    Pause,
+    Pcm16,
+    Resumed,
+    Utterance,
+    VoiceIngest,
+    check_seq,
+)
 from antiphon.voice.speaker import Speaker
 from antiphon.voice.stt import Transcription
 from antiphon.voice.timing import VoiceTiming
