@@ -165,7 +165,14 @@ class App:
             usage=self.gateway.metering,
         )
         services = Services(
-            s, profiles, self.sessions, runner, self.principal_of, voice=self._voice, meter=self.gateway.metering
+            s,
+            profiles,
+            self.sessions,
+            runner,
+            self.principal_of,
+            voice=self._voice,
+            meter=self.gateway.metering,
+            metrics=self.metrics,
         )
 
         await self.gateway.start()

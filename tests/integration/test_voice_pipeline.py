@@ -8,6 +8,7 @@ when missing unless ANTIPHON_REQUIRE_MODELS=1.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -142,6 +143,9 @@ async def test_speech_in_transcript_answer_and_audio_that_transcribes_back(
         while not final.transcript.is_final:
             final = await caller.until("transcript")
         end = await caller.until("turn_end")
+    partials = [e.transcript for e in caller.seen if e.HasField("transcript") and not e.transcript.is_final]
+    assert partials, "partial transcripts while the user spoke"
+    assert all(0 <= p.stability <= 1 for p in partials)
     heard = words(final.transcript.text)
     assert "capital" in heard
     assert "france" in heard
@@ -154,8 +158,10 @@ async def test_speech_in_transcript_answer_and_audio_that_transcribes_back(
     audio = caller.answer_audio(end.turn_id)
     assert len(audio) / rate * 1000 == pytest.approx(end.turn_end.latency.audio_out_ms, abs=50)
     back = engines.stt.transcribe(np.asarray(soxr.resample(audio, rate, 16_000), dtype=np.int16))
-    spoken, said = set(words(answer)), set(words(back.text))
-    assert len(spoken & said) >= 0.6 * len(spoken), (answer, back.text)
+    # Character-level likeness: tiny.en on 8 kHz speech misspells odd words ("Paris" -> "perises")
+    # but an unrelated or missing answer scores far lower (about 0.1-0.3).
+    likeness = difflib.SequenceMatcher(None, " ".join(words(answer)), " ".join(words(back.text))).ratio()
+    assert likeness >= 0.6, (answer, back.text)
     lat = end.turn_end.latency
     assert end.turn_end.reason == pb.TurnEnd.REASON_COMPLETED
     assert lat.voice_to_voice_ms > 0

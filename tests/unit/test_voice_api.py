@@ -125,6 +125,7 @@ async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(
     interrupted = (await c.until("interrupted")).interrupted
     end = await c.until("turn_end")
     assert end.turn_end.reason == pb.TurnEnd.REASON_INTERRUPTED
+    assert voice_server.app.metrics.registry.get_sample_value("antiphon_barge_ins_total") == 1
     assert 300 <= interrupted.played_ms <= 1500
     words = " ".join(t.strip() for t in LONG_ANSWER).split()
     heard = interrupted.heard_text.split()
@@ -240,6 +241,9 @@ async def test_answer_starts_during_the_pause_and_is_released_at_the_endpoint(
     await c.close()
     assert end.turn_end.latency.early_start
     assert len(fake_llm.prompts) == 1  # the speculative turn was the turn
+    registry = voice_server.app.metrics.registry
+    assert registry.get_sample_value("antiphon_early_starts_total", {"outcome": "committed"}) == 1
+    assert registry.get_sample_value("antiphon_voice_to_voice_seconds_count") == 1
     kinds = ["final" if e.HasField("transcript") and e.transcript.is_final else e.WhichOneof("event") for e in c.seen]
     assert kinds.index("speech_stopped") < kinds.index("final") < kinds.index("agent_text")
     assert [e.seq for e in c.seen] == sorted(e.seq for e in c.seen)
@@ -258,6 +262,8 @@ async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
     await c.until("turn_end")
     await c.close()
     assert len(fake_llm.prompts) == 2  # one dropped, one answered
+    registry = voice_server.app.metrics.registry
+    assert registry.get_sample_value("antiphon_early_starts_total", {"outcome": "dropped"}) == 1
     turn_ids = {e.turn_id for e in c.seen if e.turn_id}
     assert len(turn_ids) == 1  # nothing of the dropped turn reached the client
     assert not [e for e in c.seen if e.HasField("interrupted")]

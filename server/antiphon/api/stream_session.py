@@ -29,6 +29,7 @@ from antiphon.context.sessions import SessionStore
 from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.logs import session_id_var, turn_id_var
+from antiphon.telemetry.metrics import Metrics
 from antiphon.v1 import events_pb2 as pb
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Services:
     principal_of: Callable[[grpc.aio.ServicerContext], Principal] = lambda _context: EMBEDDED_PRINCIPAL
     voice: VoiceEngines | None = None  # None: text only (voice off, or its models missing)
     meter: AudioMeter | None = None  # gateway: audio usage and rate limits
+    metrics: Metrics | None = None
 
 
 class StreamSession:
@@ -166,6 +168,8 @@ class StreamSession:
         if spec is None or spec.key != key or spec.cancelled:
             return False
         spec.commit(timing)
+        if self._svc.metrics is not None:
+            self._svc.metrics.early_starts.labels("committed").inc()
         return True
 
     def drop_speculation(self) -> None:
@@ -174,6 +178,8 @@ class StreamSession:
         if spec is None:
             return
         spec.cancelled = True
+        if self._svc.metrics is not None:
+            self._svc.metrics.early_starts.labels("dropped").inc()
         self._pending = collections.deque(t for t in self._pending if t.speculation is not spec)
         if self._running_speculation is spec and self._turn is not None and self._current is not None:
             state, speaker = self._current
@@ -221,6 +227,8 @@ class StreamSession:
             return
         state, _ = self._current
         self.interrupt()
+        if self._svc.metrics is not None:
+            self._svc.metrics.barge_ins.inc()
         if state.voice is not None and not state.heard_text:
             self._carry = state.user_text  # nothing was heard: the new speech continues this turn
 
@@ -329,7 +337,15 @@ class StreamSession:
         for future in self._waiting.values():
             future.cancel()
         self._waiting.clear()
-        await self.out.put(self._writer.turn_end(state, failed=failed))
+        await self._finish_turn(state, failed)
+        turn_id_var.set("")
+
+    async def _finish_turn(self, state: TurnState, failed: bool) -> None:
+        """turn_end, metrics and the work that may follow a turn (history compression)."""
+        end = self._writer.turn_end(state, failed=failed)
+        await self.out.put(end)
+        if self._svc.metrics is not None and end.turn_end.latency.voice_to_voice_ms:
+            self._svc.metrics.voice_to_voice.observe(end.turn_end.latency.voice_to_voice_ms / 1000)
         self._svc.runner.observe(state, reason_label(state, failed))
         try:
             await self._svc.runner.after_turn(state)
@@ -342,9 +358,9 @@ class StreamSession:
                 "input_tokens": state.stats.input_tokens,
                 "output_tokens": state.stats.output_tokens,
                 "first_token_ms": round((state.first_sent_s or 0) * 1000, 1),
+                "voice_to_voice_ms": round(end.turn_end.latency.voice_to_voice_ms, 1),
             },
         )
-        turn_id_var.set("")
 
     def _start_speech(self, state: TurnState, sink: _StreamSink, spec: Speculation | None) -> Speaker | None:
         """Voice: the answer is also spoken, and the user may barge in while it is."""

@@ -19,6 +19,9 @@ class Metrics:
     turn_duration: Histogram
     active_streams: Gauge
     rpc_errors: Counter
+    voice_to_voice: Histogram
+    barge_ins: Counter
+    early_starts: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -46,6 +49,19 @@ class Metrics:
             active_streams=Gauge("antiphon_active_streams", "Open Converse and Send streams", registry=registry),
             rpc_errors=Counter(
                 "antiphon_rpc_errors", "RPCs ended with an error status", ["method", "code"], registry=registry
+            ),
+            voice_to_voice=Histogram(
+                "antiphon_voice_to_voice_seconds",
+                "End of the user's speech to the first audio of the answer sent",
+                buckets=_LATENCY_BUCKETS_S,
+                registry=registry,
+            ),
+            barge_ins=Counter("antiphon_barge_ins", "Answers the user talked over (cancelled)", registry=registry),
+            early_starts=Counter(
+                "antiphon_early_starts",
+                "Answers started at the user's pause, by outcome (committed: the turn had ended; dropped)",
+                ["outcome"],
+                registry=registry,
             ),
         )
 
