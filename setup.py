@@ -27,6 +27,7 @@ NATIVE_MODULES = [
     ("antiphon.native._g711", "native/antiphon/native/_g711.pyx"),
     ("antiphon.native._framing", "native/antiphon/native/_framing.pyx"),
     ("antiphon.native._vad", "native/antiphon/native/_vad.pyx"),
+    ("antiphon.native._upsample", "native/antiphon/native/_upsample.pyx"),
 ]
 
 

@@ -6,13 +6,19 @@ Framing and stage-1 VAD: the Cython extension vs its pure-Python twin, and for
 the VAD webrtcvad (webrtcvad-wheels, what a user would pick instead) when it is
 installed. Resampling: soxr's streaming resampler in two qualities. The input
 is one second of 16 kHz speech-like audio, fed as 20 ms chunks (framing: 7 ms
-chunks, so frames straddle chunks). Each figure is the median over --repeats
-batches of about --target-us each. Informational only: nothing here passes or fails.
+chunks, so frames straddle chunks). A second table compares, for 8 kHz
+telephony in 20 ms chunks, the half-band Upsampler2x (extension and twin) with
+soxr HQ and LQ, with each one's delay: the lag at which its output lines up
+with the source plus the output it still holds back after each chunk (soxr
+releases output in blocks, so its delay swings; mean and max are shown).
+Each figure is the median over --repeats batches of about --target-us each.
+Informational only: nothing here passes or fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import platform
@@ -27,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _table import median, print_table, write_json
-from antiphon.voice.resample import StreamResampler
+from antiphon.voice.resample import Quality, StreamResampler
 
 RATE = 16000
 FRAME = 320  # 20 ms
@@ -110,6 +116,46 @@ def resample_second(in_rate: int, quality: str) -> Callable[[], object]:
     return run
 
 
+def upsample_second(make: Callable[[], Any]) -> Callable[[], object]:
+    """One second of 8 kHz audio as 20 ms chunks through a fresh 8 -> 16 kHz resampler."""
+    data = speech_like(8000)
+    chunks = [data[i : i + 320] for i in range(0, len(data), 320)]
+    process = make().process
+
+    def run() -> None:
+        for c in chunks:
+            process(c)
+
+    return run
+
+
+def stream_delay_ms(make: Callable[[], Any], seconds: int = 3) -> tuple[float, float]:
+    """Mean and max delay (ms) of an 8 -> 16 kHz streaming resampler fed 20 ms chunks.
+
+    The source is noise band-limited to 3.4 kHz at 16 kHz, and its even samples
+    are the 8 kHz input, so the output should equal the source shifted by the
+    filter's lag; add the output samples still held back after each chunk.
+    """
+    n = RATE * seconds
+    spectrum = np.fft.rfft(np.random.default_rng(1).normal(0.0, 1.0, n))
+    spectrum[np.fft.rfftfreq(n, 1 / RATE) > 3400] = 0
+    source = np.fft.irfft(spectrum, n)
+    source *= 8000 / np.max(np.abs(source))
+    data = np.rint(source[0::2]).astype("<i2").tobytes()
+    resampler = make()
+    out = bytearray()
+    held = []
+    for i in range(0, len(data), 320):
+        out += resampler.process(data[i : i + 320])
+        held.append((i + 320) - len(out) // 2)  # 16 kHz samples in minus samples out
+    y = np.frombuffer(bytes(out), dtype="<i2").astype(np.float64)
+    core = slice(RATE // 2, y.size - RATE // 4)
+    lags = range(-RATE // 8, RATE // 8)
+    lag = max(lags, key=lambda k: float(np.dot(y[core], source[core.start - k : core.stop - k])))
+    steady = np.array(held[FRAMES_PER_S:]) + lag  # after the first second: soxr's start-up is longer still
+    return float(steady.mean()) * 1000 / RATE, float(steady.max()) * 1000 / RATE
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the results here")
@@ -140,6 +186,15 @@ def main() -> None:
         for quality in ("HQ", "MQ"):
             cases[f"resample {in_rate // 1000}k->16k", f"soxr {quality}"] = resample_second(in_rate, quality)
 
+    upsamplers: dict[str, Callable[[], Any]] = {}
+    for impl, name in (("cython", "antiphon.native._upsample"), ("python", "antiphon.native._upsample_py")):
+        mod = optional(name)
+        if mod is not None:
+            upsamplers[f"Upsampler2x {impl}"] = mod.Upsampler2x
+    soxr_qualities: tuple[Quality, ...] = ("HQ", "LQ")
+    for quality in soxr_qualities:
+        upsamplers[f"soxr {quality}"] = functools.partial(StreamResampler, 8000, RATE, quality)
+
     rows: list[list[Any]] = []
     results: list[dict[str, Any]] = []
     for (stage, impl), fn in cases.items():
@@ -151,6 +206,27 @@ def main() -> None:
     print_table(
         "Ingest stages, 16 kHz mono (median; % core = share of one core per real-time stream)",
         ["stage", "impl", "us/20ms frame", "us/audio s", "% core"],
+        rows,
+    )
+    rows = []
+    for impl, make in upsamplers.items():
+        ns_per_s = time_run(upsample_second(make), args.repeats, target_ns)
+        us_chunk = ns_per_s / FRAMES_PER_S / 1e3
+        mean_ms, max_ms = stream_delay_ms(make)
+        rows.append([impl, f"{us_chunk:.3f}", f"{ns_per_s / 1e3:.1f}", f"{mean_ms:.2f}", f"{max_ms:.2f}"])
+        results.append(
+            {
+                "stage": "upsample 8k->16k",
+                "impl": impl,
+                "us_per_20ms_frame": us_chunk,
+                "us_per_audio_s": ns_per_s / 1e3,
+                "delay_ms_mean": mean_ms,
+                "delay_ms_max": max_ms,
+            }
+        )
+    print_table(
+        "Upsampling 8 kHz -> 16 kHz (telephony), 20 ms chunks in (median; delay: lag + output held back)",
+        ["impl", "us/20ms chunk", "us/audio s", "delay ms mean", "delay ms max"],
         rows,
     )
     write_json(args.json, {"python": platform.python_version(), "machine": platform.machine(), "results": results})

@@ -96,7 +96,7 @@ class SileroStream(VadStream):
 
     def skip(self, window: Window) -> None:
         """A window the stage-1 gate rejected: not run, but its tail is the next window's context."""
-        self._buffer[0, CONTEXT_SAMPLES:] = window
+        self._buffer[0, WINDOW_SAMPLES:] = window[WINDOW_SAMPLES - CONTEXT_SAMPLES :]
 
     def probabilities(self, audio: Window) -> list[float]:
         """One probability per whole window of `audio` (a trailing partial window is ignored)."""

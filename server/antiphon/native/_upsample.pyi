@@ -1,0 +1,13 @@
+# Types for the Cython extension built from native/antiphon/native/_upsample.pyx; must stay
+# in step with it and with the pure-Python twin _upsample_py.py (upsample.py checks
+# that both satisfy the same Protocol).
+from _typeshed import ReadableBuffer
+
+TAPS: tuple[int, ...]
+
+class Upsampler2x:
+    def __init__(self) -> None: ...
+    @property
+    def delay_samples(self) -> int: ...
+    def reset(self) -> None: ...
+    def process(self, pcm16: ReadableBuffer) -> bytes: ...
