@@ -3,7 +3,7 @@
 chunk (client format) -> decode to PCM16 -> resample to 16 kHz (soxr, streaming)
 -> 20 ms frames (native ring) -> stage-1 energy VAD per frame -> 512-sample
 windows -> stage-2 Silero only where stage 1 cannot decide alone (see _stage2:
-candidate speech while silent, one window in two of a candidate, one in eight
+candidate speech while silent, every window of a candidate, one in eight
 windows of confirmed speech) -> endpointer and barge-in detector on audio time.
 
 Everything is bounded: the frame ring holds one chunk, the audio history holds
@@ -42,7 +42,6 @@ from antiphon.voice.silero import WINDOW_SAMPLES, VadStream
 RATE = 16_000
 FRAME_SAMPLES = 320  # 20 ms: the stage-1 VAD's frame
 GATE_HANGOVER_MS = 64  # while silent, stage 2 keeps running this long after stage 1 last saw speech
-PENDING_CHECK_EVERY = 2  # while a candidate waits for min_speech_ms: one window in two that stage 1 calls sound
 VERIFY_EVERY = 8  # while the user speaks, Silero checks one window in this many that stage 1 calls sound
 WINDOW_MS = 32
 FRAME_MS = 20
@@ -240,9 +239,8 @@ class VoiceIngest:
     def _stage2(self, end_sample: int) -> float | None:
         """The window's speech probability, from Silero only where stage 1 cannot decide alone.
 
-        SILENCE: Silero runs where stage 1 heard something (plus a short hangover); PENDING:
-        on one window in two that stage 1 calls sound, and on any it does not, so a turn
-        starts only on Silero's word. SPEAKING: stage-1 silence is
+        SILENCE: Silero runs where stage 1 heard something (plus a short hangover), and
+        PENDING always: a turn starts only on Silero's word. SPEAKING: stage-1 silence is
         silence (the endpointer's hangover bridges soft sounds); stage-1 sound is checked by
         Silero every VERIFY_EVERY windows and otherwise keeps Silero's last verdict, unless the
         last check found noise, in which case every such window is checked until speech returns.
@@ -254,13 +252,9 @@ class VoiceIngest:
             run = recent_ms <= WINDOW_MS + FRAME_MS + GATE_HANGOVER_MS
             self._since_check = 0
         elif state is State.PENDING:
-            # A candidate: Silero on every other window stage 1 calls sound (the first was checked
-            # in SILENCE), and on every window it does not; any non-speech verdict drops it.
-            self._since_check += 1
-            run = not heard or self._noise or self._since_check >= PENDING_CHECK_EVERY
-            if not run:
-                self._skip()
-                return self._last_probability
+            # Every window of a candidate: Silero's state is recurrent, and a window skipped at the
+            # onset left it stale enough to miss the start by 400 ms on a quiet-room test.
+            run = True
         elif not heard:
             self._since_check = VERIFY_EVERY  # the next sound is checked at once
             self._skip()
