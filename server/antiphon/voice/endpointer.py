@@ -212,6 +212,14 @@ class Endpointer:
         self._start_sample = max(0, self._floor_sample, prefixed)
         return SpeechStarted(audio_ms=self._speech_start_ms, detected_ms=end_ms, start_sample=self._start_sample)
 
+    def backdate(self, start_ms: float) -> None:
+        """A candidate that began earlier than the window that revealed it (audio the stage-1 gate
+        had skipped, checked afterwards): its speech starts at `start_ms`, never before the previous
+        utterance's end."""
+        if self._state is State.PENDING:
+            floor_ms = self._floor_sample * 1000 / self._sample_rate
+            self._speech_start_ms = max(min(self._speech_start_ms, start_ms), floor_ms)
+
     def force_stop(self) -> SpeechStopped | None:
         """The input ended: an utterance in progress ends where its speech did; a candidate is dropped."""
         state, self._state = self._state, State.SILENCE

@@ -14,6 +14,7 @@ decisions do not depend on scheduling and tests need no sleeps.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from antiphon.voice.silero import WINDOW_SAMPLES, VadStream
 RATE = 16_000
 FRAME_SAMPLES = 320  # 20 ms: the stage-1 VAD's frame
 GATE_HANGOVER_MS = 64  # while silent, stage 2 keeps running this long after stage 1 last saw speech
+PREROLL_WINDOWS = 1  # skipped windows Silero reads first when the gate opens (32 ms of lead-in)
 VERIFY_EVERY = 8  # while the user speaks, Silero checks one window in this many that stage 1 calls sound
 WINDOW_MS = 32
 FRAME_MS = 20
@@ -134,6 +136,8 @@ class VoiceIngest:
         self._last_speech_end_ms = 0.0
         self._started: SpeechStarted | None = None
         self._since_check = 0
+        self._preroll: collections.deque[npt.NDArray[np.float32]] = collections.deque(maxlen=PREROLL_WINDOWS)
+        self._backdate_ms: float | None = None
         self._last_probability = 0.0
         self._noise = False
         self.stage2_windows = 0  # counters for the latency report and the benchmark
@@ -218,6 +222,9 @@ class VoiceIngest:
         if self._barge_armed and (barge := self._barge.push(end_ms, probability)) is not None:
             events.append(barge)
         event = self._endpointer.push(end_ms, probability)
+        if self._backdate_ms is not None:
+            self._endpointer.backdate(self._backdate_ms)
+            self._backdate_ms = None
         if isinstance(event, SpeechStarted):
             self._started = event
             self._pause_sent = False
@@ -251,6 +258,12 @@ class VoiceIngest:
         if state is State.SILENCE:
             run = recent_ms <= WINDOW_MS + FRAME_MS + GATE_HANGOVER_MS
             self._since_check = 0
+            if not run:
+                self._preroll.append(self._window.copy())  # in case the next window opens the gate
+                self._skip()
+                return None
+            if self._preroll:
+                return self._warm_start(end_sample)
         elif state is State.PENDING:
             # Every window of a candidate: Silero's state is recurrent, and a window skipped at the
             # onset left it stale enough to miss the start by 400 ms on a quiet-room test.
@@ -273,6 +286,24 @@ class VoiceIngest:
         self._since_check = 0
         self._last_probability = probability
         self._noise = probability < self._settings.neg_threshold
+        return probability
+
+    def _warm_start(self, end_sample: int) -> float:
+        """The gate opens after skipped windows: run Silero over the last of them first, so its
+        recurrent state has seen the lead-in (skipped windows leave it stale, which delayed onsets by
+        ~100 ms on G.711), and start the speech where it began if they already held it."""
+        held = list(self._preroll)
+        self._preroll.clear()
+        leading = 0
+        for window in held:
+            p = self._vad.probability(window)
+            self.stage2_windows += 1
+            leading = leading + 1 if p >= self._settings.threshold else 0
+        probability = self._vad.probability(self._window)
+        self.stage2_windows += 1
+        self._last_probability = probability
+        self._noise = probability < self._settings.neg_threshold
+        self._backdate_ms = (end_sample / 16 - WINDOW_MS * (1 + leading)) if leading and not self._noise else None
         return probability
 
     def _skip(self) -> None:
