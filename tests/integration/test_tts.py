@@ -73,11 +73,19 @@ def test_blank_text_is_empty(piper: PiperTTS) -> None:
         assert audio.shape == (0,)
 
 
+def _longest_quiet_s(audio: np.ndarray, rate: int) -> float:
+    """The longest run of near-silence strictly inside the audio (not its lead-in or tail)."""
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) >= 200)
+    gaps = np.diff(loud) if len(loud) > 1 else np.zeros(1)
+    return float(gaps.max()) / rate
+
+
 def test_sentences_are_joined_with_a_pause(piper: PiperTTS) -> None:
+    # Piper varies durations from run to run, so the pause itself is measured, not total lengths.
     one = piper.synthesize("Hello there.")
     two = piper.synthesize("Hello there. Hello there.")
-    pause = round(0.2 * piper.sample_rate)
-    assert abs(len(two) - (2 * len(one) + pause)) < 0.1 * len(one)
+    assert _longest_quiet_s(two, piper.sample_rate) >= 0.18
+    assert _longest_quiet_s(one, piper.sample_rate) < 0.18
 
 
 def test_cache_hit_returns_identical_audio_without_synthesis(piper: PiperTTS) -> None:
