@@ -111,6 +111,7 @@ async def one_turn(stub: Any, audio: npt.NDArray[np.int16], session: str) -> dic
                 first_audio.set()
             elif event.HasField("turn_end"):
                 lat = event.turn_end.latency
+                result["early_start"] = float(lat.early_start)
                 for name in (
                     "voice_to_voice_ms",
                     "endpoint_ms",
@@ -185,12 +186,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.utterances)]
     audios = [speech(engines, q) for q in questions]
     rows: list[dict[str, float]] = []
+    together: dict[int, list[dict[str, float]]] = {}
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = conversation_pb2_grpc.ConversationStub(channel)
             await one_turn(stub, audios[0], "warm")  # first-call costs out of the numbers
             for i, audio in enumerate(audios):
                 rows.append(await one_turn(stub, audio, f"bench-{i}"))
+            for n in args.concurrent:
+                # n callers talking at once, each on its own session, their questions offset by 300 ms
+                async def caller(k: int, n: int = n) -> list[dict[str, float]]:
+                    await asyncio.sleep(0.3 * k)
+                    # every caller asks the same three questions: only the load differs between rows
+                    return [await one_turn(stub, audios[j % len(audios)], f"c{n}-{k}-{j}") for j in range(3)]
+
+                results = await asyncio.gather(*(caller(k) for k in range(n)))
+                together[n] = [r for rs in results for r in rs]
         base: list[dict[str, float]] = []
         if not args.no_baseline:
             baseline.loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
@@ -199,7 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await app.stop(grace_s=1)
         engines.close()
-    return {"rows": rows, "baseline": base}
+    return {"rows": rows, "baseline": base, "concurrent": together}
 
 
 def report(data: dict[str, Any]) -> None:
@@ -229,6 +240,23 @@ def report(data: dict[str, Any]) -> None:
             if all(c in r for r in rows)
         ],
     )
+    if data.get("concurrent"):
+        print_table(
+            "Voice-to-voice with callers talking at once (ms, measured by the callers; 3 turns each)",
+            ("callers", "turns", "p50", "p95", "max", "server p50", "early starts"),
+            [
+                (
+                    n,
+                    len(rs),
+                    median([r["client_v2v_ms"] for r in rs]),
+                    pct([r["client_v2v_ms"] for r in rs], 95),
+                    max(r["client_v2v_ms"] for r in rs),
+                    median([r.get("voice_to_voice_ms", 0.0) for r in rs]),
+                    sum(r.get("early_start", 0.0) > 0 for r in rs),
+                )
+                for n, rs in sorted(data["concurrent"].items())
+            ],
+        )
     if base:
         ours = median([r["client_v2v_ms"] for r in rows])
         total = median([b["total"] for b in base])
@@ -255,6 +283,9 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=20)
     parser.add_argument("--baseline-utterances", type=int, default=5)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--concurrent", type=lambda v: [int(x) for x in v.split(",") if x], default=[2, 4], help="e.g. 2,4"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     data = asyncio.run(run(args))
