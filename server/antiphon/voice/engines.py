@@ -50,16 +50,23 @@ class VoiceEngines:
 
     async def transcribe(self, audio: npt.NDArray[np.int16], *, words: bool = False) -> Transcription:
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.stt_pool, lambda: self.stt.transcribe(audio, words=words))
         self.stt_running += 1
+        future.add_done_callback(self._recognition_done)
         try:
-            return await loop.run_in_executor(self.stt_pool, lambda: self.stt.transcribe(audio, words=words))
+            # shield: a caller that gives up (speech resumed) cannot stop the thread, so the
+            # count of running recognitions drops when the thread is done, not when the caller left
+            return await asyncio.shield(future)
         except Unavailable:
             raise
         except Exception as exc:
             log.warning("speech recognition failed: %s", exc)
             raise Unavailable(f"speech recognition failed: {exc}") from None
-        finally:
-            self.stt_running -= 1
+
+    def _recognition_done(self, future: asyncio.Future[Transcription]) -> None:
+        self.stt_running -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned call's failure is not "never retrieved"
 
     async def synthesize(self, text: str) -> npt.NDArray[np.int16]:
         cached = self.cache.get(self.tts.voice_id, text)
