@@ -114,7 +114,6 @@ class VoiceChannel:
         self._unmetered_ms = 0.0
         self._last_partial = ""
         self._partial_of = 0
-        self.audio_in_ms = 0.0
 
     # ------------------------------------------------------------------ input
 
@@ -125,7 +124,6 @@ class VoiceChannel:
         events = self.ingest.feed(chunk.data)  # InvalidArgument: the stream ends with it
         await self._handle(events, time.perf_counter())
         duration_ms = self.input_spec.duration_ms(len(chunk.data))
-        self.audio_in_ms += duration_ms
         self._unmetered_ms += duration_ms
         if self._unmetered_ms >= METER_EVERY_MS:
             await self._meter_audio()

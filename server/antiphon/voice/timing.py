@@ -8,7 +8,6 @@ when the user actually stopped talking.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +58,3 @@ class VoiceTiming:
 
 def _ms(a: float, b: float) -> float:
     return max(0.0, (b - a) * 1000)
-
-
-def now() -> float:
-    return time.perf_counter()
