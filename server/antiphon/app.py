@@ -29,10 +29,11 @@ from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.errors import Unavailable
 from antiphon.gateway.interceptor import build_gateway
 from antiphon.inference.llm import LLM
+from antiphon.preflight import REDIS_PING_TIMEOUT_S, StartupError, check_port_free, start_metrics
 from antiphon.telemetry.metrics import Metrics
 from antiphon.telemetry.tracing import setup_tracing
 from antiphon.tools.factory import build_tools
-from antiphon.tools.registry import ToolRegistry
+from antiphon.tools.registry import ToolRegistry, ToolsDirError
 from antiphon.tools.sandbox import Sandbox
 from antiphon.v1 import (
     admin_pb2,
@@ -47,6 +48,8 @@ from antiphon.v1 import (
 from antiphon.voice.engines import VoiceEngines, open_voice
 
 log = logging.getLogger(__name__)
+
+CLOSE_AFTER_FAILED_START_S = 10.0
 
 SERVICE_NAMES = (
     conversation_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name,
@@ -127,8 +130,30 @@ class App:
         return self._llm
 
     async def start(self) -> int:
-        """Load models, bind the port and start serving; returns the bound port."""
+        """Check what is cheap first (ports, tools, Redis), load the models, serve; returns the bound port.
+
+        A server that cannot start raises StartupError (or ModelMissing) within seconds, before the
+        models load where it can, and closes whatever it had started: the process can then exit.
+        """
+        try:
+            return await self._start()
+        except BaseException:
+            await self._close_started()
+            raise
+
+    async def _start(self) -> int:
         s = self.settings
+        check_port_free("server.port", s.server.host, s.server.port)
+        if s.telemetry.metrics_port:
+            self._metrics_server = start_metrics(self.metrics, s.telemetry.metrics_host, s.telemetry.metrics_port)
+        self._sandbox, self.tools = build_tools(s)
+        try:
+            await self.tools.start()
+        except ToolsDirError as exc:
+            raise StartupError(
+                f"tools.dir: {exc.message} (set tools.dir, or leave it empty for no built-in tools)"
+            ) from None
+        await self._check_sessions()
         if self._tracer_provider is None:
             self._tracer_provider = setup_tracing(s.telemetry)
         if self._llm is None:
@@ -138,16 +163,10 @@ class App:
                 "model loaded",
                 extra={"model": self._llm.description.name, "load_s": round(time.perf_counter() - t0, 2)},
             )
-        try:
-            await self.sessions.ping()
-        except Unavailable as exc:  # keep serving: what needs sessions fails with UNAVAILABLE until it is back
-            log.error("session store unreachable at start: %s", exc.message)
         if self._documents is None:
             self._documents = await open_documents(s)
         if self._documents is not None:
             await self._documents.start()
-        self._sandbox, self.tools = build_tools(s)
-        await self.tools.start()
         if self._voice is None and s.voice.enabled != "off":
             t0 = time.perf_counter()
             self._voice = await asyncio.get_running_loop().run_in_executor(None, open_voice, s.voice)
@@ -201,17 +220,33 @@ class App:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(f"{s.server.host}:{s.server.port}")
-        if self.port == 0:
-            raise OSError(f"server.port: cannot bind {s.server.host}:{s.server.port}")
-        await server.start()
+        address = f"{s.server.host}:{s.server.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises where older releases returned 0
+            self.port = 0
+        if self.port == 0:  # taken since the check above
+            raise StartupError(f"server.port: cannot listen on {address}: the address is in use (set server.port)")
         self._server = server
+        await server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if s.telemetry.metrics_port:
-            self._metrics_server = self.metrics.serve(s.telemetry.metrics_host, s.telemetry.metrics_port)
         log.info("serving", extra={"address": f"{s.server.host}:{self.port}"})
         return self.port
+
+    async def _check_sessions(self) -> None:
+        """Redis sessions must answer at start: a worker without its store would fail every turn."""
+        c = self.settings.context
+        try:
+            await asyncio.wait_for(self.sessions.ping(), REDIS_PING_TIMEOUT_S)
+        except (Unavailable, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, Unavailable) else f"no answer in {REDIS_PING_TIMEOUT_S:g} s"
+            if c.sessions != "redis":
+                raise
+            raise StartupError(
+                f"context.redis_url: Redis at {c.redis_url} is unreachable ({why}); "
+                'start it, or set context.sessions = "memory"'
+            ) from None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, drain streams up to the grace period, then cancel the rest."""
@@ -228,9 +263,26 @@ class App:
         if not drained:  # the cancelled handlers close their sessions (turns, speech): let them finish
             await self.streams.wait_idle(2.0)
         self._server = None
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        await self._close_components()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def _close_started(self) -> None:
+        """After a failed start: close what had started, within a bound (a hung close must not keep
+        the process alive)."""
+        server, self._server = self._server, None
+        try:
+            if server is not None:
+                await server.stop(0)
+            await asyncio.wait_for(self._close_components(), CLOSE_AFTER_FAILED_START_S)
+        except Exception:  # the start failure is what the caller must see
+            log.exception("closing after a failed start")
+
+    async def _close_components(self) -> None:
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         if self._llm is not None:
             await self._llm.aclose()
         if self._voice is not None and not self._voice_injected:
@@ -243,12 +295,9 @@ class App:
             await self._sandbox.aclose()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
-        self._stopped.set()
-        log.info("stopped")
 
-    async def serve_forever(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
-        await self.start()
+    async def serve_until_signalled(self) -> None:
+        """After start(): serve until SIGTERM or SIGINT, then stop gracefully."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,9 +8,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from antiphon.config import ConfigError, Settings, load_settings
 from antiphon.errors import ModelMissing
+from antiphon.preflight import StartupError
+
+if TYPE_CHECKING:
+    from antiphon.app import App
 
 log = logging.getLogger("antiphon")
 
@@ -38,12 +43,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:  # optional speed-up; the asyncio default loop works too
         pass
-    try:
-        asyncio.run(App(settings).serve_forever())
-    except ModelMissing as exc:
-        print(f"antiphon: {exc.message}", file=sys.stderr)
-        return 2
+    asyncio.run(_serve(App(settings)))
     return 0
+
+
+async def _serve(app: App) -> None:
+    try:
+        await app.start()
+    except (StartupError, ModelMissing) as exc:
+        _cannot_start(exc.message)
+    except Exception as exc:
+        log.exception("start-up failed")
+        _cannot_start(f"{type(exc).__name__}: {exc}", code=1)
+    await app.serve_until_signalled()
+
+
+def _cannot_start(message: str, *, code: int = 2) -> NoReturn:
+    """Say why on one line and exit now: the failed start closed what it had opened, and the event
+    loop's own teardown would wait for any task or thread a library left behind (a pod would sit
+    Running instead of restarting)."""
+    print(f"antiphon: cannot start: {message}", file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ NODE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
 async def test_node_converse_two_turns(server: RunningServer) -> None:
     node = shutil.which("node")
     if node is None:
+        if os.environ.get("ANTIPHON_REQUIRE_NODE") == "1":
+            pytest.fail("node is not installed but ANTIPHON_REQUIRE_NODE=1 (make node)")
         pytest.skip("node is not installed on this machine")
     if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail("clients/node dependencies are missing: run `make setup` (npm ci in clients/node)")

@@ -55,6 +55,11 @@ class AntiphonClient:
         self._stub = conversation_pb2_grpc.ConversationStub(self._channel)
         self._metadata = (*metadata, *auth_metadata(api_key, token))
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, for the other services' stubs (Context, Tools, Admin)."""
+        return self._channel
+
     async def __aenter__(self) -> AntiphonClient:
         return self
 

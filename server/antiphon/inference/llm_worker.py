@@ -79,11 +79,15 @@ class _Generation:
 
 
 class Worker:
-    def __init__(self, model_dir: str, slice_s: float, out: BinaryIO) -> None:
+    def __init__(self, model_dir: str, slice_s: float, out: BinaryIO, *, threads: int = 0) -> None:
         import onnxruntime_genai as og
 
         self._og = og
-        self._model = og.Model(model_dir)
+        config_ = og.Config(model_dir)
+        if threads > 0:  # an overlay at load time: the models directory stays read-only
+            options = {"intra_op_num_threads": threads}
+            config_.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self._model = og.Model(config_)
         self._tokenizer = og.Tokenizer(self._model)
         with open(f"{model_dir}/genai_config.json") as f:
             config = json.load(f)["model"]
@@ -221,10 +225,11 @@ def _counters(gen: _Generation) -> dict[str, Any]:
 
 def main() -> None:
     model_dir, slice_ms = sys.argv[1], float(sys.argv[2])
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    Worker(model_dir, slice_ms / 1000, protocol_out).serve(sys.stdin.buffer)
+    Worker(model_dir, slice_ms / 1000, protocol_out, threads=threads).serve(sys.stdin.buffer)
 
 
 if __name__ == "__main__":

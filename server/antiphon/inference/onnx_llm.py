@@ -58,7 +58,7 @@ class OnnxGenaiLLM(LLM):
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         config = json.loads((model_dir / "genai_config.json").read_text())["model"]
         self._max_context = min(int(config.get("context_length", 8192)), context_tokens)
-        _set_threads(model_dir, threads)
+        self._threads = threads  # passed to the worker at load time: the models directory is never written
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._streams: dict[int, _WorkerStream] = {}
@@ -126,7 +126,8 @@ class OnnxGenaiLLM(LLM):
                 self.restarts += 1
                 log.warning("restarting the LLM worker", extra={"restarts": self.restarts})
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "antiphon.inference.llm_worker", str(self._dir), str(self._slice_ms),
+                sys.executable, "-m", "antiphon.inference.llm_worker",
+                str(self._dir), str(self._slice_ms), str(self._threads),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=MAX_FRAME_BYTES,
             )  # fmt: skip
             assert proc.stdout is not None  # PIPE was requested
@@ -206,18 +207,6 @@ async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         raise
     (size,) = _HEADER.unpack(header)
     return dict(json.loads(await reader.readexactly(size)))
-
-
-def _set_threads(model_dir: Path, threads: int) -> None:
-    """Keep genai_config.json's decoder thread count in line with the settings."""
-    import json
-
-    path = model_dir / "genai_config.json"
-    config = json.loads(path.read_text())
-    options = config["model"]["decoder"].setdefault("session_options", {})
-    if options.get("intra_op_num_threads") != threads:
-        options["intra_op_num_threads"] = threads
-        path.write_text(json.dumps(config, indent=4))
 
 
 class _WorkerStream(LLMStream):

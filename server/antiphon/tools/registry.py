@@ -129,8 +129,12 @@ class ToolRegistry:
         )
 
     def _load_tools_dir(self, directory: Path) -> dict[str, _Tool]:
-        if not directory.is_dir():
+        if not directory.exists():
             raise ToolsDirError(f"{directory}: the tools directory does not exist")
+        if not directory.is_dir():
+            raise ToolsDirError(f"{directory}: not a directory")
+        if not os.access(directory, os.R_OK | os.X_OK):  # an unreadable folder would list as empty
+            raise ToolsDirError(f"{directory}: the tools directory cannot be read")
         tools: dict[str, _Tool] = {}
         for path in sorted([*directory.glob("*.toml"), *directory.glob("*.json")]):
             try:
