@@ -199,3 +199,33 @@ async def test_real_model_calls_the_calculator_tool(real_llm: LLM) -> None:
     assert len(results) == len(calls)
     assert events[-1].HasField("turn_end")
     print("real model tool calls:", [(c.name, c.arguments_json) for c in calls], [r.ok for r in results])
+
+
+LEAVE_THE_LLM_OPEN = """
+import asyncio, sys
+from pathlib import Path
+from antiphon.inference.onnx_llm import OnnxGenaiLLM
+
+async def main() -> None:
+    llm = await OnnxGenaiLLM.open(Path(sys.argv[1]), threads=1, context_tokens=2048)
+    print(llm.worker_pid, flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_loop_closed_without_aclose_takes_the_worker_down_and_does_not_hang() -> None:
+    """asyncio.run() cancels the worker's reader on the way out: that must end, and end the worker."""
+    path = require_model()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LEAVE_THE_LLM_OPEN, str(path), stdout=asyncio.subprocess.PIPE, cwd=REPO
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:  # it hung: do not leave it (or its worker) behind
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(out.split()[0]), 0)

@@ -146,6 +146,7 @@ class OnnxGenaiLLM(LLM):
 
     async def _read_loop(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        cancelled = False
         try:
             while (message := await _read_frame(proc.stdout)) is not None:
                 stream = self._streams.get(int(message["id"]))
@@ -153,12 +154,19 @@ class OnnxGenaiLLM(LLM):
                     stream.deliver(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # The event loop is closing without aclose(): the worker must not outlive the server, and
+            # waiting here for a worker that is still alive would hang the loop's teardown.
+            cancelled = True
+            if proc.returncode is None:
+                proc.kill()
+            raise
         finally:
             lost = {"op": "error", "kind": "exit", "message": "the language model worker exited"}
             for stream in list(self._streams.values()):
                 stream.deliver(lost)
             self._streams.clear()
-            if not self._closed:
+            if not self._closed and not cancelled:
                 log.error("LLM worker exited", extra={"returncode": await proc.wait()})
 
     async def _submit(self, stream: _WorkerStream, prompt: str, options: SamplingOptions) -> int:
