@@ -11,9 +11,9 @@ from antiphon.context.sessions import SessionStore, TurnRecord, VersionConflict
 
 async def turns_leases_and_delete(store: SessionStore) -> None:
     assert await store.get("t1", "a") is None
-    created = await store.create("t1", "a", "assistant")
+    created = await store.create("t1", "a", "assistant", "local")
     assert (created.session_id, created.agent_profile, created.turns) == ("a", "assistant", [])
-    v1 = await store.append_turns("t1", "a", [TurnRecord("user", "hi"), TurnRecord("assistant", "hello")])
+    v1 = await store.append_turns("t1", "a", [TurnRecord("user", "hi"), TurnRecord("assistant", "hello")], "local")
     record = await store.get("t1", "a")
     assert record is not None
     assert [(t.role, t.content) for t in record.turns] == [("user", "hi"), ("assistant", "hello")]
@@ -22,7 +22,7 @@ async def turns_leases_and_delete(store: SessionStore) -> None:
     again = await store.get("t1", "a")
     assert again is not None
     assert len(again.turns) == 2
-    assert (await store.create("t1", "a", "other")).agent_profile == "assistant"  # create keeps what exists
+    assert (await store.create("t1", "a", "other", "local")).agent_profile == "assistant"  # create keeps what exists
     assert await store.acquire("t1", "a", "one")
     assert await store.acquire("t1", "a", "one")  # re-entrant for its owner
     assert not await store.acquire("t1", "a", "two")
@@ -37,10 +37,10 @@ async def turns_leases_and_delete(store: SessionStore) -> None:
 
 
 async def tenants_are_separate(store: SessionStore) -> None:
-    await store.create("t1", "same", "assistant")
-    await store.append_turns("t1", "same", [TurnRecord("user", "secret of t1")])
+    await store.create("t1", "same", "assistant", "local")
+    await store.append_turns("t1", "same", [TurnRecord("user", "secret of t1")], "local")
     assert await store.get("t2", "same") is None
-    await store.create("t2", "same", "assistant")
+    await store.create("t2", "same", "assistant", "local")
     other = await store.get("t2", "same")
     assert other is not None
     assert other.turns == []
@@ -49,13 +49,13 @@ async def tenants_are_separate(store: SessionStore) -> None:
 
 
 async def compact_uses_optimistic_concurrency(store: SessionStore) -> None:
-    await store.create("t1", "c", "assistant")
+    await store.create("t1", "c", "assistant", "local")
     for i in range(3):
-        await store.append_turns("t1", "c", [TurnRecord("user", f"q{i}"), TurnRecord("assistant", f"a{i}")])
+        await store.append_turns("t1", "c", [TurnRecord("user", f"q{i}"), TurnRecord("assistant", f"a{i}")], "local")
     record = await store.get("t1", "c")
     assert record is not None
     stale = record.version
-    await store.append_turns("t1", "c", [TurnRecord("user", "q3"), TurnRecord("assistant", "a3")])
+    await store.append_turns("t1", "c", [TurnRecord("user", "q3"), TurnRecord("assistant", "a3")], "local")
     with pytest.raises(VersionConflict):
         await store.compact("t1", "c", "summary", 2, stale)
     fresh = await store.get("t1", "c")
@@ -68,10 +68,10 @@ async def compact_uses_optimistic_concurrency(store: SessionStore) -> None:
 
 
 async def concurrent_appends_are_all_kept(store: SessionStore) -> None:
-    await store.create("t1", "busy", "assistant")
+    await store.create("t1", "busy", "assistant", "local")
     await asyncio.gather(
         *(
-            store.append_turns("t1", "busy", [TurnRecord("user", f"u{i}"), TurnRecord("assistant", f"a{i}")])
+            store.append_turns("t1", "busy", [TurnRecord("user", f"u{i}"), TurnRecord("assistant", f"a{i}")], "local")
             for i in range(50)
         )
     )
@@ -83,8 +83,29 @@ async def concurrent_appends_are_all_kept(store: SessionStore) -> None:
     assert record.version == 50
 
 
+async def owner_and_acls_are_kept(store: SessionStore) -> None:
+    await store.create("t1", "owned", "assistant", "ann")
+    assert (await store.create("t1", "owned", "assistant", "bob")).owner == "ann"  # the creator keeps it
+    hr = (("eng", "public"), ("hr",))  # canonical: sorted
+    await store.append_turns("t1", "owned", [TurnRecord("user", "q"), TurnRecord("assistant", "a", acl=hr)], "bob")
+    record = await store.get("t1", "owned")
+    assert record is not None
+    assert record.owner == "ann"
+    assert [t.acl for t in record.turns] == [(), hr]
+    await store.compact("t1", "owned", "about the memo", 2, record.version, summary_acl=hr)
+    after = await store.get("t1", "owned")
+    assert after is not None
+    assert (after.summary, after.summary_acl, after.turns) == ("about the memo", hr, [])
+    # Turns appended after the session expired (or was deleted) start one owned by their writer.
+    await store.append_turns("t1", "gone", [TurnRecord("user", "q"), TurnRecord("assistant", "a")], "bob")
+    fresh = await store.get("t1", "gone")
+    assert fresh is not None
+    assert fresh.owner == "bob"
+
+
 CONTRACT = [
     turns_leases_and_delete,
+    owner_and_acls_are_kept,
     tenants_are_separate,
     compact_uses_optimistic_concurrency,
     concurrent_appends_are_all_kept,

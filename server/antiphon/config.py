@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 from antiphon.config_base import ConfigError
 from antiphon.config_base import require as _require
-from antiphon.config_gateway import GATEWAY_ACTIONS, AuthSettings, LimitsSettings, PricingSettings
+from antiphon.config_gateway import EXPLICIT_ACTIONS, GATEWAY_ACTIONS, AuthSettings, LimitsSettings, PricingSettings
 from antiphon.config_voice import VoiceSettings
 
 __all__ = [
+    "EXPLICIT_ACTIONS",
     "GATEWAY_ACTIONS",
     "AuthSettings",
     "ConfigError",

@@ -23,7 +23,12 @@ GATEWAY_ACTIONS = (
     "keys.manage",
     "keys.manage_all",
     "quota.set",
+    # Sessions belong to the principal that created them; these let a role past that.
+    "sessions.delete_any",  # delete another principal's session (right to be forgotten)
+    "sessions.read_any",  # read or continue another principal's session: never implied by "*"
 )
+# Actions a role holds only when named: reading others' conversations is not part of "admin".
+EXPLICIT_ACTIONS = frozenset({"sessions.read_any"})
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ROLE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _METHOD_PATTERN_RE = re.compile(r"^(\*|/[A-Za-z0-9_.]+/(\*|[A-Za-z0-9_]+))$")
@@ -86,7 +91,7 @@ class AuthSettings:
     public_methods: list[str] = field(default_factory=_default_public_methods)
     # RBAC: role -> full method names it may call ("*", "/pkg.Service/*" or "/pkg.Service/Method")...
     role_methods: dict[str, list[str]] = field(default_factory=_default_role_methods)
-    # ...and role -> actions it may take inside them (GATEWAY_ACTIONS, or "*").
+    # ...and role -> actions it may take inside them (GATEWAY_ACTIONS, or "*": all but EXPLICIT_ACTIONS).
     role_actions: dict[str, list[str]] = field(default_factory=_default_role_actions)
 
     def __post_init__(self) -> None:

@@ -64,7 +64,7 @@ async def test_unreachable_redis_is_unavailable() -> None:
         with pytest.raises(Unavailable, match="session store"):
             await store.get("t", "s")
         with pytest.raises(Unavailable):
-            await store.append_turns("t", "s", [TurnRecord("user", "x")])
+            await store.append_turns("t", "s", [TurnRecord("user", "x")], "local")
     finally:
         await store.aclose()
 

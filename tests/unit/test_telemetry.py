@@ -6,25 +6,17 @@ import asyncio
 import socket
 import urllib.request
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from antiphon.app import App
 from antiphon.v1 import conversation_pb2, conversation_pb2_grpc
 from tests.conftest import RunningServer, test_settings
 from tests.fakes import FakeLLM
+from tests.tracing import span_exporter
 
-_EXPORTER = InMemorySpanExporter()
+_EXPORTER = span_exporter()
 
 
 def _install_provider() -> None:
-    # The global provider can be set once per process; every test shares this exporter.
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
+    span_exporter()  # the process-wide provider and exporter
 
 
 async def test_turn_trace_has_genai_spans(server: RunningServer) -> None:

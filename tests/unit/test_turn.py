@@ -17,10 +17,10 @@ PROFILE = AgentProfile("assistant", "Be brief.", SamplingOptions())
 
 async def _runner_with_history(turns: int, context_tokens: int) -> tuple[TurnRunner, MemorySessionStore]:
     store = MemorySessionStore()
-    await store.create("default", "s", "assistant")
+    await store.create("default", "s", "assistant", "local")
     for i in range(turns):
         await store.append_turns(
-            "default", "s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")]
+            "default", "s", [TurnRecord("user", f"question {i}"), TurnRecord("assistant", f"answer {i}")], "local"
         )
     return TurnRunner(FakeLLM(), store, Metrics.create(), limits=ContextLimits(context_tokens=context_tokens)), store
 
@@ -59,7 +59,7 @@ async def test_completed_turn_is_recorded() -> None:
 
 async def test_long_conversation_is_summarised_within_budget() -> None:
     store = MemorySessionStore()
-    await store.create("default", "long", "assistant")
+    await store.create("default", "long", "assistant", "local")
     llm = FakeLLM(tokens=["word"] * 12)
     runner = TurnRunner(llm, store, Metrics.create(), limits=ContextLimits(context_tokens=160))
 
@@ -89,7 +89,7 @@ async def test_the_call_deadline_bounds_the_turn(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(turn_module, "remaining_s", lambda: 0.1)  # as the gateway reports the call's deadline
     store = MemorySessionStore()
-    await store.create("default", "late", "assistant")
+    await store.create("default", "late", "assistant", "local")
     llm = FakeLLM()
     llm.gate = asyncio.Event()  # the model stalls after its first token
     runner = TurnRunner(llm, store, Metrics.create(), limits=ContextLimits(context_tokens=4096))

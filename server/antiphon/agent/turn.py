@@ -22,6 +22,7 @@ from antiphon.agent.profiles import AgentProfile, ProfileRegistry
 from antiphon.agent.tooling import AgentTool, ClientTool, ServerTool, SubAgentTool, ToolCallInfo, ToolOutcome
 from antiphon.context.builder import ContextBuilder, ContextLimits, Retriever
 from antiphon.context.compression import CompressionPolicy, Summariser
+from antiphon.context.derived import OPEN, Acl
 from antiphon.context.sessions import SessionStore, TurnRecord
 from antiphon.errors import DeadlineExceeded
 from antiphon.gateway.context import remaining_s
@@ -100,6 +101,8 @@ class TurnState:
     stats: GenerationStats = field(default_factory=GenerationStats)
     first_sent_s: float | None = None
     dropped_turns: int = 0
+    # The documents (through memories, history or summary) the answer may repeat: it carries them.
+    acl: Acl = OPEN
     principal: Principal = EMBEDDED_PRINCIPAL
     tool_calls: int = 0
     # Voice: waits until the answer has been spoken (the turn lasts as long as its audio);
@@ -153,6 +156,8 @@ class TurnRunner:
                 state.options.max_tokens,
             )
             state.dropped_turns = built.dropped_turns
+            state.acl = built.acl
+            span.set_attribute("antiphon.context.withheld_turns", built.withheld_turns)
             span.set_attribute("antiphon.context.prompt_tokens", built.prompt_tokens)
             span.set_attribute("antiphon.context.history_turns", built.history_turns)
             span.set_attribute("antiphon.context.dropped_turns", built.dropped_turns)
@@ -275,7 +280,8 @@ class TurnRunner:
         await self._sessions.append_turns(
             state.principal.tenant,
             state.session_id,
-            [TurnRecord("user", state.user_text), TurnRecord("assistant", state.kept_text)],
+            [TurnRecord("user", state.user_text), TurnRecord("assistant", state.kept_text, acl=state.acl)],
+            state.principal.subject,
         )
 
     def observe(self, state: TurnState, reason: str) -> None:

@@ -9,10 +9,12 @@ from typing import TypeVar
 import grpc
 
 from antiphon.api.boundary import guard_unary
+from antiphon.api.session_access import may_delete, not_found, require_use
 from antiphon.config import SESSION_ID_RE
+from antiphon.context.derived import readable
 from antiphon.context.documents import DocumentInput, DocumentService
 from antiphon.context.sessions import SessionStore
-from antiphon.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from antiphon.errors import FailedPrecondition, InvalidArgument, Unavailable
 from antiphon.gateway.principal import Principal
 from antiphon.telemetry.metrics import Metrics
 from antiphon.v1 import context_pb2 as pb
@@ -95,11 +97,20 @@ class ContextServicer(context_pb2_grpc.ContextServicer):
         async def call() -> pb.Session:
             _check_session_id(request.session_id)
             record = await self._sessions.get(principal.tenant, request.session_id)
-            if record is None:
-                raise NotFound(f"session_id: no session {request.session_id!r}")
-            turns = [pb.Turn(role=t.role, content=t.content, created_us=t.created_us) for t in record.turns]
+            record = require_use(principal, record, request.session_id)
+            turns = [
+                pb.Turn(role=t.role, content=t.content, created_us=t.created_us)
+                if readable(principal, t.acl)
+                else pb.Turn(role=t.role, created_us=t.created_us, redacted=True)
+                for t in record.turns
+            ]
+            summary_ok = readable(principal, record.summary_acl)
             return pb.Session(
-                session_id=record.session_id, agent_profile=record.agent_profile, turns=turns, summary=record.summary
+                session_id=record.session_id,
+                agent_profile=record.agent_profile,
+                turns=turns,
+                summary=record.summary if summary_ok else "",
+                summary_redacted=bool(record.summary) and not summary_ok,
             )
 
         return await self._guard(context, "GetSession", call)
@@ -111,6 +122,9 @@ class ContextServicer(context_pb2_grpc.ContextServicer):
 
         async def call() -> pb.DeleteSessionResponse:
             _check_session_id(request.session_id)
+            record = await self._sessions.get(principal.tenant, request.session_id)
+            if record is None or not may_delete(principal, record):
+                raise not_found(request.session_id)
             owner = f"delete-{uuid.uuid4().hex}"
             if not await self._sessions.acquire(principal.tenant, request.session_id, owner):
                 raise FailedPrecondition(
@@ -121,7 +135,7 @@ class ContextServicer(context_pb2_grpc.ContextServicer):
             finally:
                 await self._sessions.release(principal.tenant, request.session_id, owner)
             if not deleted:
-                raise NotFound(f"session_id: no session {request.session_id!r}")
+                raise not_found(request.session_id)
             return pb.DeleteSessionResponse()
 
         return await self._guard(context, "DeleteSession", call)

@@ -23,6 +23,7 @@ from antiphon.agent.tooling import ToolCallInfo, ToolOutcome, parse_client_tools
 from antiphon.agent.turn import TurnRunner, TurnState
 from antiphon.aio import cancel_and_wait
 from antiphon.api.events import EventWriter, generation_message, reason_label, requested_options
+from antiphon.api.session_access import require_use
 from antiphon.api.speculation import Speculation
 from antiphon.config import SESSION_ID_RE, Settings
 from antiphon.context.sessions import SessionStore
@@ -113,14 +114,19 @@ class StreamSession:
         )
         self.session_id = session_id or uuid.uuid4().hex
         session_id_var.set(self.session_id)
-        tenant = self._principal.tenant
-        if not await self._svc.sessions.acquire(tenant, self.session_id, self._owner):
+        tenant, sessions = self._principal.tenant, self._svc.sessions
+        # Another principal's session is NOT_FOUND, before its lease could tell that it exists.
+        existing = await sessions.get(tenant, self.session_id) if session_id else None
+        if existing is not None:
+            require_use(self._principal, existing, self.session_id)
+        if not await sessions.acquire(tenant, self.session_id, self._owner):
             raise FailedPrecondition(
                 f"session_id: session {self.session_id!r} is already open on another stream; "
                 "close that stream first or use another session id"
             )
         self._leased = True
-        record = await self._svc.sessions.create(tenant, self.session_id, self._profile.name)
+        record = await sessions.create(tenant, self.session_id, self._profile.name, self._principal.subject)
+        require_use(self._principal, record, self.session_id)  # created by someone else meanwhile
         log.info("session started", extra={"agent": self._profile.name, "history_turns": len(record.turns)})
         return self._writer.event(
             session_started=pb.SessionStarted(

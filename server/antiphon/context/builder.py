@@ -7,7 +7,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from antiphon.context.sessions import SessionStore, TurnRole
+from antiphon.context.derived import OPEN, Acl, merge, readable
+from antiphon.context.sessions import SessionStore, TurnRecord, TurnRole
 from antiphon.gateway.principal import Principal
 from antiphon.inference.llm import LLM, ChatMessage
 
@@ -17,6 +18,7 @@ class RetrievedMemory:
     id: str
     text: str
     score: float
+    labels: frozenset[str] = frozenset()  # the document's: an answer built on it carries them
 
 
 class Retriever(Protocol):
@@ -35,6 +37,10 @@ class BuiltContext:
     dropped_turns: int = 0
     memories: list[RetrievedMemory] = field(default_factory=list)
     summary_used: bool = False
+    # What the prompt was derived from (memories, history, summary): the answer inherits it.
+    acl: Acl = OPEN
+    # History turns and summary left out because this principal may not read them.
+    withheld_turns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +75,9 @@ class ContextBuilder:
         self, principal: Principal, session_id: str, system_prompt: str, user_text: str, max_tokens: int
     ) -> BuiltContext:
         record = await self._sessions.get(principal.tenant, session_id)
-        turns = record.turns if record else []
-        summary = record.summary if record else ""
+        all_turns = record.turns if record else []
+        turns = visible_turns(principal, all_turns)
+        summary = record.summary if record and readable(principal, record.summary_acl) else ""
         user = ChatMessage("user", user_text)
         budget = self.history_budget(system_prompt, max_tokens) - self._count_turn("user", user_text)
 
@@ -95,16 +102,22 @@ class ContextBuilder:
             system_text += f"\n\nSummary of the conversation so far: {summary}"
             budget -= self._count_turn("system", summary) + 8
 
-        kept: list[ChatMessage] = []
+        kept: list[TurnRecord] = []
         for turn in reversed(turns):
             cost = self._turn_tokens(turn.role, turn.content)
             if cost > budget:
                 break
             budget -= cost
-            kept.append(ChatMessage(turn.role, turn.content))
+            kept.append(turn)
         while kept and kept[-1].role == "assistant":  # never open the history with an orphan reply
             kept.pop()
-        messages = [ChatMessage("system", system_text), *reversed(kept), user]
+        history = [ChatMessage(t.role, t.content) for t in reversed(kept)]
+        messages = [ChatMessage("system", system_text), *history, user]
+        acl = merge(
+            [m.labels for m in memories],
+            *(t.acl for t in kept),
+            record.summary_acl if summary and record else OPEN,
+        )
         return BuiltContext(
             messages=messages,
             # From the per-message counts already made: re-tokenizing the whole prompt each turn
@@ -114,4 +127,18 @@ class ContextBuilder:
             dropped_turns=len(turns) - len(kept),
             memories=memories,
             summary_used=bool(summary),
+            acl=acl,
+            withheld_turns=len(all_turns) - len(turns) + int(bool(record and record.summary and not summary)),
         )
+
+
+def visible_turns(principal: Principal, turns: list[TurnRecord]) -> list[TurnRecord]:
+    """The history this principal may see: an answer it may not read is left out with its question
+    (the pair is one exchange; a question without its answer would invite the model to answer it)."""
+    visible: list[TurnRecord] = []
+    for turn in turns:
+        if readable(principal, turn.acl):
+            visible.append(turn)
+        elif turn.role == "assistant" and visible and visible[-1].role == "user":
+            visible.pop()
+    return visible

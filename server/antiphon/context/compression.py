@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from antiphon.context.builder import ContextBuilder
+from antiphon.context.derived import merge
 from antiphon.context.sessions import SessionStore, TurnRecord, VersionConflict
 from antiphon.errors import AntiphonError
 from antiphon.gateway.principal import Principal
@@ -55,9 +56,11 @@ class Summariser:
         drop -= drop % 2  # whole exchanges: a user turn and its answer go together
         if drop <= 0:
             return False
+        # The summary may repeat anything it absorbs: it is readable only by who could read all of it.
+        acl = merge(record.summary_acl, *(t.acl for t in record.turns[:drop]))
         try:
             summary = await self._summarise(record.summary, record.turns[:drop])
-            await self._sessions.compact(principal.tenant, session_id, summary, drop, record.version)
+            await self._sessions.compact(principal.tenant, session_id, summary, drop, record.version, summary_acl=acl)
         except VersionConflict:
             return False  # another writer moved on; the next turn tries again
         except AntiphonError as exc:

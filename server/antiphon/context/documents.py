@@ -160,7 +160,7 @@ class DocumentService:
         if self.store.stats(principal.tenant).live == 0:
             return []  # nothing stored for this tenant: skip embedding the query (a few ms per turn)
         result = await self.search(principal, query, top_k, min_score)
-        return [RetrievedMemory(h.document.id, h.document.text, h.score) for h in result.hits]
+        return [RetrievedMemory(h.document.id, h.document.text, h.score, h.document.labels) for h in result.hits]
 
     # ------------------------------------------------------------------ Redis
 

@@ -1,8 +1,8 @@
 """Session history in Redis, shared by every worker; survives a server restart.
 
 Keys, per tenant (tenants never share a key prefix):
-  {prefix}:{tenant}:s:{id}        hash: profile, summary, version, created_us
-  {prefix}:{tenant}:s:{id}:turns  list of JSON turns
+  {prefix}:{tenant}:s:{id}        hash: profile, owner, summary, summary_acl (JSON), version, created_us
+  {prefix}:{tenant}:s:{id}:turns  list of JSON turns (role, content, created_us, acl)
   {prefix}:{tenant}:s:{id}:lease  the stream holding the session (expires unless refreshed)
 Appends are one MULTI/EXEC (both turns, the version bump and the TTLs land
 together); compaction is WATCH/MULTI on the version. Redis errors become
@@ -19,6 +19,7 @@ import time
 
 from redis.exceptions import RedisError, WatchError
 
+from antiphon.context.derived import OPEN, Acl, from_json
 from antiphon.context.sessions import SessionRecord, SessionStore, TurnRecord, VersionConflict
 from antiphon.errors import Unavailable
 from antiphon.redis_support import close_redis, redis_client, unavailable_on_redis_error
@@ -28,6 +29,29 @@ log = logging.getLogger(__name__)
 # Compare-and-delete / compare-and-extend: only the holder may release or refresh its lease.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+# Create only what does not exist: an existing session keeps its owner (fields set one by one with
+# HSETNX would let the first caller claim a session written before owners existed).
+_CREATE = """
+if redis.call('exists', KEYS[1]) == 0 then
+  redis.call('hset', KEYS[1], 'profile', ARGV[1], 'owner', ARGV[2], 'version', 0, 'created_us', ARGV[3])
+end
+redis.call('pexpire', KEYS[1], ARGV[4])
+redis.call('pexpire', KEYS[2], ARGV[4])
+return 1
+"""
+
+
+def _turn_json(t: TurnRecord) -> str:
+    data: dict[str, object] = {"role": t.role, "content": t.content, "created_us": t.created_us}
+    if t.acl:
+        data["acl"] = [list(labels) for labels in t.acl]
+    return json.dumps(data)
+
+
+def _turn(raw: str) -> TurnRecord:
+    data = json.loads(raw)
+    acl = from_json(data["acl"]) if "acl" in data else OPEN
+    return TurnRecord(data["role"], data["content"], int(data["created_us"]), acl)
 
 
 class RedisSessionStore(SessionStore):
@@ -66,37 +90,50 @@ class RedisSessionStore(SessionStore):
             meta, raw_turns = await pipe.execute()
         if not meta:
             return None
-        turns = [TurnRecord(**json.loads(t)) for t in raw_turns]
+        summary_acl = from_json(json.loads(meta["summary_acl"])) if meta.get("summary_acl") else OPEN
         return SessionRecord(
-            session_id, meta.get("profile", ""), turns, meta.get("summary", ""), int(meta.get("version", 0))
+            session_id,
+            meta.get("profile", ""),
+            [_turn(t) for t in raw_turns],
+            meta.get("summary", ""),
+            int(meta.get("version", 0)),
+            meta.get("owner", ""),
+            summary_acl,
         )
 
-    async def create(self, tenant: str, session_id: str, agent_profile: str) -> SessionRecord:
+    async def create(self, tenant: str, session_id: str, agent_profile: str, owner: str) -> SessionRecord:
         key = self._key(tenant, session_id)
-        async with self._errors("create session"), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "profile", agent_profile)
-            pipe.hsetnx(key, "version", 0)
-            pipe.hsetnx(key, "created_us", time.time_ns() // 1000)
-            pipe.pexpire(key, self._ttl_ms)
-            pipe.pexpire(key + ":turns", self._ttl_ms)
-            await pipe.execute()
+        async with self._errors("create session"):
+            await self._redis.eval(
+                _CREATE, 2, key, key + ":turns", agent_profile, owner, time.time_ns() // 1000, self._ttl_ms
+            )
         record = await self.get(tenant, session_id)
         if record is None:  # expired between the two round trips: practically impossible
             raise Unavailable("the session vanished while it was created; retry")
         return record
 
-    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord]) -> int:
+    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str) -> int:
         key = self._key(tenant, session_id)
-        payload = [json.dumps({"role": t.role, "content": t.content, "created_us": t.created_us}) for t in turns]
+        payload = [_turn_json(t) for t in turns]
         async with self._errors("append turns"), self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key + ":turns", *payload)
+            pipe.hsetnx(key, "owner", owner)  # only where the session expired meanwhile and starts afresh
             pipe.hincrby(key, "version", 1)
             pipe.pexpire(key, self._ttl_ms)
             pipe.pexpire(key + ":turns", self._ttl_ms)
             results = await pipe.execute()
-        return int(results[1])
+        return int(results[2])
 
-    async def compact(self, tenant: str, session_id: str, summary: str, drop_turns: int, expected_version: int) -> int:
+    async def compact(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: str,
+        drop_turns: int,
+        expected_version: int,
+        *,
+        summary_acl: Acl = OPEN,
+    ) -> int:
         key = self._key(tenant, session_id)
         async with self._errors("compact session"), self._redis.pipeline(transaction=True) as pipe:
             try:
@@ -106,7 +143,7 @@ class RedisSessionStore(SessionStore):
                     raise VersionConflict(f"session {session_id!r} is at version {current}, not {expected_version}")
                 pipe.multi()
                 pipe.ltrim(key + ":turns", drop_turns, -1)
-                pipe.hset(key, "summary", summary)
+                pipe.hset(key, mapping={"summary": summary, "summary_acl": json.dumps([list(x) for x in summary_acl])})
                 pipe.hincrby(key, "version", 1)
                 results = await pipe.execute()
             except WatchError:

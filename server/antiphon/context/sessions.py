@@ -1,7 +1,11 @@
 """Session history: the interface and the embedded in-process store.
 
 A session holds the turns of one conversation, per tenant (tenants never share
-a session namespace). Only one stream may hold a session at a time (a lease),
+a session namespace), and belongs to the principal that created it (``owner``,
+its subject). A turn derived from restricted documents carries their ACL
+(context/derived.py), as does a summary that absorbed such a turn; readers
+without those labels never see them (api/context.py, context/builder.py).
+Only one stream may hold a session at a time (a lease),
 so two streams never interleave their turns. Writers that rewrite history
 (the summariser) use the version for optimistic concurrency. The Redis store
 (redis_sessions.py) implements the same interface for several workers.
@@ -15,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from antiphon.context.derived import OPEN, Acl
+
 TurnRole = Literal["user", "assistant"]
 
 
@@ -23,6 +29,8 @@ class TurnRecord:
     role: TurnRole
     content: str
     created_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    # Label sets of the documents this turn was derived from (directly, or through history).
+    acl: Acl = OPEN
 
 
 @dataclass(slots=True)
@@ -34,6 +42,20 @@ class SessionRecord:
     summary: str = ""
     # Incremented by every write; compare-and-set for rewrites.
     version: int = 0
+    # The subject of the principal that created the session ("" in records older than owners).
+    owner: str = ""
+    summary_acl: Acl = OPEN
+
+    def copy(self) -> SessionRecord:
+        return SessionRecord(
+            self.session_id,
+            self.agent_profile,
+            list(self.turns),
+            self.summary,
+            self.version,
+            self.owner,
+            self.summary_acl,
+        )
 
 
 class VersionConflict(Exception):
@@ -45,17 +67,27 @@ class SessionStore(abc.ABC):
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None: ...
 
     @abc.abstractmethod
-    async def create(self, tenant: str, session_id: str, agent_profile: str) -> SessionRecord:
-        """Return the existing session or a new empty one."""
+    async def create(self, tenant: str, session_id: str, agent_profile: str, owner: str) -> SessionRecord:
+        """Return the existing session (whoever owns it) or a new empty one owned by ``owner``."""
 
     @abc.abstractmethod
-    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord]) -> int:
-        """Append turns atomically (a user turn and its answer land together); returns the new version."""
+    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str) -> int:
+        """Append turns atomically (a user turn and its answer land together); returns the new version.
+        A session that expired meanwhile starts afresh, owned by ``owner``."""
 
     @abc.abstractmethod
-    async def compact(self, tenant: str, session_id: str, summary: str, drop_turns: int, expected_version: int) -> int:
-        """Replace the oldest drop_turns turns by a summary, if the session is still at
-        expected_version (else VersionConflict); returns the new version."""
+    async def compact(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: str,
+        drop_turns: int,
+        expected_version: int,
+        *,
+        summary_acl: Acl = OPEN,
+    ) -> int:
+        """Replace the oldest drop_turns turns by a summary (readable under summary_acl), if the
+        session is still at expected_version (else VersionConflict); returns the new version."""
 
     @abc.abstractmethod
     async def delete(self, tenant: str, session_id: str) -> bool: ...
@@ -93,36 +125,39 @@ class MemorySessionStore(SessionStore):
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None:
         record = self._live((tenant, session_id))
-        if record is None:
-            return None
-        return SessionRecord(
-            record.session_id, record.agent_profile, list(record.turns), record.summary, record.version
-        )
+        return None if record is None else record.copy()
 
-    async def create(self, tenant: str, session_id: str, agent_profile: str) -> SessionRecord:
+    async def create(self, tenant: str, session_id: str, agent_profile: str, owner: str) -> SessionRecord:
         key = (tenant, session_id)
         async with self._lock:
             record = self._live(key)
             if record is None:
                 if len(self._sessions) >= self._max_sessions:
                     self._evict_oldest()
-                record = SessionRecord(session_id, agent_profile)
+                record = SessionRecord(session_id, agent_profile, owner=owner)
                 self._sessions[key] = (record, time.monotonic())
-            return SessionRecord(
-                record.session_id, record.agent_profile, list(record.turns), record.summary, record.version
-            )
+            return record.copy()
 
-    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord]) -> int:
+    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str) -> int:
         async with self._lock:
             record = self._live((tenant, session_id))
             if record is None:  # expired (or deleted) while its stream was open: start afresh
-                record = SessionRecord(session_id, "")
+                record = SessionRecord(session_id, "", owner=owner)
             record.turns.extend(turns)
             record.version += 1
             self._sessions[(tenant, session_id)] = (record, time.monotonic())
             return record.version
 
-    async def compact(self, tenant: str, session_id: str, summary: str, drop_turns: int, expected_version: int) -> int:
+    async def compact(
+        self,
+        tenant: str,
+        session_id: str,
+        summary: str,
+        drop_turns: int,
+        expected_version: int,
+        *,
+        summary_acl: Acl = OPEN,
+    ) -> int:
         async with self._lock:
             record = self._live((tenant, session_id))
             if record is None:
@@ -131,6 +166,7 @@ class MemorySessionStore(SessionStore):
                 raise VersionConflict(f"session {session_id!r} is at version {record.version}, not {expected_version}")
             del record.turns[:drop_turns]
             record.summary = summary
+            record.summary_acl = summary_acl
             record.version += 1
             return record.version
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from antiphon.config import GATEWAY_ACTIONS, AuthSettings
+from antiphon.config import EXPLICIT_ACTIONS, GATEWAY_ACTIONS, AuthSettings
 from antiphon.errors import PermissionDenied
 from antiphon.gateway.context import current_call
 from antiphon.gateway.principal import Principal
@@ -53,7 +53,10 @@ class Policy:
         public_methods: Iterable[str] = (),
     ) -> None:
         self._methods = {role: _Patterns(p) for role, p in role_methods.items()}
-        self._actions = {role: frozenset(GATEWAY_ACTIONS if "*" in a else a) for role, a in role_actions.items()}
+        wildcard = frozenset(GATEWAY_ACTIONS) - EXPLICIT_ACTIONS
+        self._actions = {
+            role: (frozenset(a) - {"*"}) | (wildcard if "*" in a else frozenset()) for role, a in role_actions.items()
+        }
         self._public = _Patterns(public_methods)
         self._decisions: dict[tuple[frozenset[str], str], bool] = {}
 
@@ -98,11 +101,19 @@ class Policy:
 DEFAULT_POLICY = Policy.from_settings(AuthSettings())
 
 
-def require(principal: Principal, action: str) -> None:
-    """Raise PermissionDenied unless one of the principal's roles grants ``action``.
-
-    Inside an RPC the serving gateway's policy applies; elsewhere the default policy.
-    """
+def _policy() -> Policy:
+    """Inside an RPC the serving gateway's policy applies; elsewhere the default policy."""
     call = current_call()
-    policy = call.policy if call is not None and call.policy is not None else DEFAULT_POLICY
-    policy.require(principal, action)
+    return call.policy if call is not None and call.policy is not None else DEFAULT_POLICY
+
+
+def require(principal: Principal, action: str) -> None:
+    """Raise PermissionDenied unless one of the principal's roles grants ``action``."""
+    _policy().require(principal, action)
+
+
+def allowed(principal: Principal, action: str) -> bool:
+    """Does one of the principal's roles grant ``action``? (For checks that answer NOT_FOUND.)"""
+    if action not in GATEWAY_ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return _policy().allows(principal, action)
