@@ -90,6 +90,7 @@ bench: build models tools redis-server
 	$(BIN)/python bench/bench_server.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_codecs.py
 	$(BIN)/python bench/bench_memory.py --models-dir $(MODELS_DIR)
+	$(BIN)/python bench/bench_context.py
 	$(BIN)/python bench/bench_tools.py
 	$(BIN)/python bench/bench_triton.py
 	$(BIN)/python bench/bench_ingest.py
