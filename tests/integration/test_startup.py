@@ -35,6 +35,7 @@ def _env(tmp: Path, **settings: str) -> dict[str, str]:
         ANTIPHON_SERVER_PORT=str(free_port()),
         ANTIPHON_TELEMETRY_METRICS_PORT="0",
         ANTIPHON_VOICE_ENABLED="off",
+        ANTIPHON_TOOLS_DIR="",  # one thing wrong per case: the tools cases set their own
         ANTIPHON_TOOLS_STORAGE_DIR=str(tmp / "tools"),
         ANTIPHON_TOOLS_CACHE_DIR=str(tmp / "tools-cache"),
         ANTIPHON_CONTEXT_MEMORY_DIR="",
