@@ -40,7 +40,7 @@ class WordCountLLM(LLM):
         return sum(len(m.content.split()) + 4 for m in messages) + 3
 
     def chat(self, messages: Sequence[ChatMessage], options: SamplingOptions) -> LLMStream:
-        raise NotImplementedError
+        raise RuntimeError("the context builder only counts tokens")
 
     async def aclose(self) -> None:
         return None
