@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from antiphon.app import App
 from antiphon.config import Settings, load_settings
+from tests.eventually import eventually
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 
@@ -30,17 +32,18 @@ async def fail_on_leaked_tasks() -> AsyncIterator[None]:
     """A test that leaves tasks running fails: dropped tasks hide cancellation bugs."""
     before = asyncio.all_tasks()
     yield
-    leaked: list[asyncio.Task[object]] = []
+
+    def running() -> list[asyncio.Task[object]]:
+        tasks = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+        # grpc.aio keeps internal tasks alive briefly after a channel or server closes.
+        return [t for t in tasks if not _grpc_internal(t)]
+
     # A task cancelled during teardown (redis-py wraps each send in a task of its own) may need a
     # few loop turns to unwind; one still running after LEAK_GRACE_S was left behind.
-    for _ in range(round(LEAK_GRACE_S / 0.01)):
-        await asyncio.sleep(0.01 if leaked else 0)
-        leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
-        # grpc.aio keeps internal tasks alive briefly after a channel or server closes.
-        leaked = [t for t in leaked if not _grpc_internal(t)]
-        if not leaked:
-            break
-    if leaked:
+    await asyncio.sleep(0)
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: not running(), timeout_s=LEAK_GRACE_S)
+    if leaked := running():
         for task in leaked:
             task.cancel()
         pytest.fail(f"leaked tasks: {[t.get_name() + ' ' + repr(t.get_coro()) for t in leaked]}")

@@ -7,10 +7,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.eventually import eventually_sync
 
 
 def free_port() -> int:
@@ -42,13 +43,11 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir)]
         self.proc = subprocess.Popen(cmd + self.persistence, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.01)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        eventually_sync(self._accepts, message=f"redis-server did not start on port {self.port}")
+
+    def _accepts(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         # SIGTERM, not SHUTDOWN: redis-py's shutdown() waits seconds on its retry policy.

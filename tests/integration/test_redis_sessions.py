@@ -17,6 +17,7 @@ from antiphon.context.sessions import SessionStore, TurnRecord
 from antiphon.errors import Unavailable
 from antiphon_client import AntiphonClient
 from tests.conftest import test_settings
+from tests.eventually import eventually
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 from tests.session_contract import CONTRACT
@@ -44,14 +45,11 @@ async def test_lease_lapses_when_its_holder_dies(redis_server: RedisServer) -> N
         assert await first.acquire("t", "s", "worker-1")
         assert not await second.acquire("t", "s", "worker-2")
         await first.aclose()  # a crashed worker stops refreshing its lease ...
-        import asyncio
-
-        for _ in range(50):  # ... which expires after lease_ttl_s
-            if await second.acquire("t", "s", "worker-2"):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the dead worker's lease never lapsed")
+        await eventually(  # ... which expires after lease_ttl_s
+            lambda: second.acquire("t", "s", "worker-2"),
+            interval_s=0.05,
+            message="the dead worker's lease never lapsed",
+        )
     finally:
         await second.aclose()
 
@@ -85,6 +83,9 @@ async def test_session_survives_a_server_restart(redis_server: RedisServer) -> N
                 assert conv.started.history_turns == expected_history
                 await conv.turn("remember me")
                 await conv.end()
+                # The stream ends after its session's lease is released: leaving earlier cancels the
+                # stream, and a stop can then cut the release short (the lease would block the rerun).
+                assert [e async for e in conv.events()] == []
         finally:
             await app.stop(grace_s=1)
 

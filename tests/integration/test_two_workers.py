@@ -12,6 +12,7 @@ import pytest
 from antiphon.inference.prepare_embedder import is_embedder_prepared
 from antiphon.v1 import context_pb2, context_pb2_grpc
 from antiphon_client import AntiphonClient
+from tests.eventually import eventually
 from tests.integration.conftest import models_dir, require_model
 from tests.integration.server_process import serve
 from tests.redis_server import RedisServer
@@ -51,23 +52,28 @@ async def test_document_written_on_one_worker_is_found_on_the_other(workers: lis
         await context_pb2_grpc.ContextStub(a).PutDocuments(context_pb2.PutDocumentsRequest(documents=[doc]))
         written = time.monotonic()
         search = context_pb2.SearchRequest(query="When is the support line open?", top_k=3)
-        while True:
-            reply = await context_pb2_grpc.ContextStub(b).Search(search)
-            if any(h.document.metadata.get("document_id") == doc.id for h in reply.hits):
-                break
-            assert time.monotonic() - written < CHANGE_LOG_BOUND_S, "worker b never saw the document"
-            await asyncio.sleep(0.02)
+
+        async def found_on(channel: grpc.aio.Channel) -> bool:
+            reply = await context_pb2_grpc.ContextStub(channel).Search(search)
+            return any(h.document.metadata.get("document_id") == doc.id for h in reply.hits)
+
+        await eventually(
+            lambda: found_on(b),
+            timeout_s=CHANGE_LOG_BOUND_S,
+            interval_s=0.02,
+            message="worker b never saw the document",
+        )
         delay = time.monotonic() - written
         print(f"change log: visible on the other worker after {delay * 1000:.0f} ms")
         # A delete through b disappears from a as well.
         await context_pb2_grpc.ContextStub(b).DeleteDocuments(context_pb2.DeleteDocumentsRequest(ids=[doc.id]))
-        deleted = time.monotonic()
-        while True:
-            reply = await context_pb2_grpc.ContextStub(a).Search(search)
-            if not any(h.document.metadata.get("document_id") == doc.id for h in reply.hits):
-                break
-            assert time.monotonic() - deleted < CHANGE_LOG_BOUND_S, "worker a kept a deleted document"
-            await asyncio.sleep(0.02)
+
+        async def gone_from_a() -> bool:
+            return not await found_on(a)
+
+        await eventually(
+            gone_from_a, timeout_s=CHANGE_LOG_BOUND_S, interval_s=0.02, message="worker a kept a deleted document"
+        )
     finally:
         await a.close()
         await b.close()

@@ -17,11 +17,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.eventually import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -140,20 +141,23 @@ class TritonServer:
         import urllib.error
         import urllib.request
 
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        assert self._proc is not None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited ({self._proc.returncode}):\n{self.log()}")
+        proc = self._proc
+        assert proc is not None
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited ({proc.returncode}):\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                    return bool(r.status == 200)
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"tritonserver not ready after {READY_TIMEOUT_S} s:\n{self.log()}")
+                return False
+
+        try:
+            eventually_sync(ready, timeout_s=READY_TIMEOUT_S, interval_s=0.1, message="tritonserver not ready")
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:] if self.log_path.exists() else ""

@@ -18,6 +18,7 @@ from antiphon.inference.llm import ChatMessage, GenerationStats, SamplingOptions
 from antiphon.v1 import admin_pb2, admin_pb2_grpc, conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
 from tests.conftest import test_settings
+from tests.eventually import eventually
 from tests.fakes import FakeLLM, RecordingSink
 
 TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
@@ -26,7 +27,7 @@ TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
 class EchoTool:
     runs_on: RunsOn = "server"
 
-    def __init__(self, name: str = "echo", fail: bool = False) -> None:
+    def __init__(self, name: str = "echo", fail: bool = False, together: int = 1) -> None:
         self.name = name
         self.description = "Repeats its input."
         self.input_schema: Mapping[str, Any] = {"type": "object", "properties": {"text": {"type": "string"}}}
@@ -34,12 +35,18 @@ class EchoTool:
         self.calls: list[str] = []
         self.running = 0
         self.peak = 0
+        self.together = together  # a call returns only once this many have been running at once
+        self._gathered = asyncio.Event()
 
     async def call(self, call: ToolCallInfo) -> ToolOutcome:
         self.calls.append(call.arguments_json)
         self.running += 1
         self.peak = max(self.peak, self.running)
-        await asyncio.sleep(0.01)
+        if self.running >= self.together:
+            self._gathered.set()
+        async with asyncio.timeout(10):  # calls made one after another fail here instead of hanging
+            await self._gathered.wait()
+        await asyncio.sleep(0)
         self.running -= 1
         if self.fail:
             return ToolOutcome(call.call_id, False, error="boom")
@@ -116,7 +123,7 @@ async def test_plan_runs_its_steps_in_parallel() -> None:
     llm = FakeLLM()
     plan = {"steps": [{"tool": "echo", "arguments": {"text": str(i)}} for i in range(3)]}
     llm.responder = _decisions(json.dumps(plan))
-    tool = EchoTool()
+    tool = EchoTool(together=3)
     _, sink = await _run(llm, [tool], mode="plan")
     assert len(sink.calls) == 3
     assert tool.peak == 3  # all three were running at once
@@ -157,8 +164,16 @@ async def test_calculator_tool_and_client_tool_over_grpc() -> None:
                 if event.HasField("turn_end"):
                     break
             await call.done_writing()
-            await asyncio.sleep(0.05)  # the ledger is written in the background
-            usage = await admin_pb2_grpc.AdminStub(channel).GetUsage(admin_pb2.GetUsageRequest())
+            admin = admin_pb2_grpc.AdminStub(channel)
+            usage = admin_pb2.UsageReport()
+
+            async def metered() -> bool:  # the ledger is written in the background
+                nonlocal usage
+                reply: admin_pb2.UsageReport = await admin.GetUsage(admin_pb2.GetUsageRequest())
+                usage = reply
+                return usage.tool_calls >= 2
+
+            await eventually(metered, message="the tool calls never reached the usage ledger")
     finally:
         await app.stop(grace_s=1)
     assert usage.tool_calls == 2  # the agent's tool calls are metered (server and client)

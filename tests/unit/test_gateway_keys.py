@@ -7,7 +7,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from antiphon.errors import InvalidArgument
 from antiphon.gateway.keys import KEY_RE, FileKeyStore, Quota, digest_of, key_id_of, new_key
 from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.redis_support import redis_client
+from tests.eventually import eventually
 from tests.redis_server import RedisServer
 
 
@@ -123,10 +124,12 @@ async def test_redis_store_revocation_reaches_other_workers_at_once(
     await _eventually(lambda: a.quota("acme"), Quota(requests_per_s=2))
 
 
-async def _eventually(probe, expected, timeout_s: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+async def _eventually(probe: Callable[[], Awaitable[object]], expected: object, timeout_s: float = 1.0) -> None:
     """Pub/sub delivery is asynchronous: wait (bounded, well under the 1 s cache) for the change."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (value := await probe()) != expected:
-        assert loop.time() < deadline, f"still {value!r}"
-        await asyncio.sleep(0.005)
+    seen: list[object] = []
+
+    async def changed() -> bool:
+        seen.append(await probe())
+        return seen[-1] == expected
+
+    await eventually(changed, timeout_s=timeout_s, interval_s=0.005, message=lambda: f"still {seen[-1]!r}")

@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from antiphon.voice.formats import AudioSpec, Encoding
 from antiphon.voice.speaker import CHUNK_MS, Speaker
@@ -22,6 +23,14 @@ class _Out:
 
 async def _words_tone(text: str) -> npt.NDArray[np.int16]:
     return tone(100 * len(text.split()), rate=22_050)
+
+
+class _AudioClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _speaker(out: _Out, spec: AudioSpec, lead_ms: int = 100) -> Speaker:
@@ -62,22 +71,34 @@ async def test_pacing_keeps_sent_audio_within_the_lead_of_real_time() -> None:
 
 
 async def test_barge_in_mid_answer_reports_what_was_heard() -> None:
+    # The client's clock runs with the audio it gets (each chunk plays for its duration), and the
+    # user barges in while the chunk that takes the answer past 360 ms is being delivered.
     out = _Out()
-    speaker = _speaker(out, AudioSpec(Encoding.PCM16, 16_000), lead_ms=40)
+    clock = _AudioClock()
+    barged_in = asyncio.Event()
+    held = asyncio.Event()  # never set: the sender waits inside that delivery until it is cancelled
+
+    async def deliver(data: bytes, duration_ms: int) -> None:
+        clock.now += duration_ms / 1000
+        out.chunks.append((data, duration_ms, clock.now))
+        if sum(d for _, d, _ in out.chunks) >= 360:
+            barged_in.set()
+            await held.wait()
+
+    speaker = Speaker(_words_tone, 22_050, AudioSpec(Encoding.PCM16, 16_000), deliver, lead_ms=40, clock=clock)
     speaker.start()
     speaker.feed("one two three four five. six seven eight nine ten.")
     speaker.finish()
-    await asyncio.sleep(0.35)
+    async with asyncio.timeout(10):
+        await barged_in.wait()
     played = speaker.played_ms()
     speaker.cancel()
     await speaker.aclose()
-    assert 200 <= played <= 450
-    heard = speaker.heard_text(played).split()
-    assert heard == ["one", "two", "three", "four", "five.", "six", "seven", "eight", "nine", "ten."][: len(heard)]
-    assert 2 <= len(heard) <= 4
-    sent_after = len(out.chunks)
-    await asyncio.sleep(0.1)
-    assert len(out.chunks) == sent_after  # nothing more after the cancel
+    assert played == pytest.approx(320)  # the chunk being delivered has not played yet
+    assert speaker.heard_text(played).split() == ["one", "two", "three"]
+    assert speaker.task is not None
+    assert speaker.task.done()  # the sender is gone: nothing more can be sent
+    assert sum(d for _, d, _ in out.chunks) == 360  # the chunk in flight was the last
 
 
 async def test_synthesis_failure_is_kept_not_raised() -> None:

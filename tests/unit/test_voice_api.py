@@ -11,17 +11,20 @@ import numpy as np
 import pytest
 
 from antiphon.app import App
+from antiphon.gateway.limits import MemoryLimiter
 from antiphon.native import g711
 from antiphon.v1 import conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
 from antiphon.voice.engines import VoiceEngines
 from tests.conftest import RunningServer, test_settings
+from tests.eventually import eventually
 from tests.fakes import FakeLLM
 from tests.voice_fakes import ScriptedSTT, ToneTTS, chunks, fake_engines, silence, tone
 
 PCM16K = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)
 MULAW = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_MULAW, sample_rate_hz=8000)
 LONG_ANSWER = tuple(f" word{i}" + ("." if i % 5 == 4 else "") for i in range(30))
+WAIT_S = 30.0  # bounds waits for the server; only a bug takes that long
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ class _Call:
             data = g711.ulaw_encode(pcm) if encoding == "mulaw" else pcm
             await self.call.write(pb.ClientEvent(audio=pb.AudioChunk(data=data)))
 
-    async def until(self, kind: str, wait_s: float = 5.0) -> pb.ServerEvent:
+    async def until(self, kind: str, wait_s: float = WAIT_S) -> pb.ServerEvent:
         async with asyncio.timeout(wait_s):
             while True:
                 event = await self.events.get()
@@ -75,9 +78,13 @@ class _Call:
                 if event.WhichOneof("event") == kind:
                     return event
 
+    def audio_ms(self, turn_id: str) -> int:
+        """Answer audio received so far for a turn, in ms."""
+        return sum(e.audio.duration_ms for e in self.seen if e.HasField("audio") and e.turn_id == turn_id)
+
     async def close(self) -> None:
         await self.call.done_writing()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(WAIT_S):
             await self._reader
 
 
@@ -119,8 +126,11 @@ async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(
     c = _Call(voice_server, input_audio=PCM16K, barge_in=pb.BargeIn(mode=pb.BargeIn.MODE_VAD, min_speech_ms=200))
     await c.open()
     await c.send(np.concatenate([tone(800), silence(600)]))
-    await c.until("audio")
-    await asyncio.sleep(0.6)
+    turn_id = (await c.until("audio")).turn_id
+    # 600 ms received: at most the 160 ms lead of it is unplayed, so the user has heard some of it.
+    await eventually(
+        lambda: c.audio_ms(turn_id) >= 600, timeout_s=WAIT_S, message="the answer never reached 600 ms of audio"
+    )
     await c.send(np.concatenate([tone(400), silence(600)]))  # the user talks over the answer
     interrupted = (await c.until("interrupted")).interrupted
     end = await c.until("turn_end")
@@ -137,7 +147,7 @@ async def test_barge_in_stops_audio_and_history_keeps_what_was_heard(
     history = fake_llm.prompts[-1]
     assert history[-2].role == "assistant"
     assert history[-2].content == interrupted.heard_text
-    sent = sum(e.audio.duration_ms for e in c.seen if e.HasField("audio") and e.turn_id == end.turn_id)
+    sent = c.audio_ms(end.turn_id)
     assert sent <= interrupted.played_ms + 200  # audio stopped within the lead
 
 
@@ -233,7 +243,7 @@ async def test_answer_starts_during_the_pause_and_is_released_at_the_endpoint(
     c = _Call(voice_server, input_audio=PCM16K)
     await c.open()
     await c.send(np.concatenate([tone(800), silence(240)]))  # past the early decode, before the endpoint
-    await asyncio.sleep(0.3)
+    await eventually(lambda: fake_llm.produced > 0, timeout_s=WAIT_S, message="the early answer never started")
     assert len(fake_llm.prompts) == 1  # the answer is under way...
     assert not [e for e in c.seen if e.HasField("agent_text")]  # ...and held back
     await c.send(silence(500))
@@ -257,7 +267,7 @@ async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
     await c.open()
     # A 300 ms pause: longer than the early decode (160 ms), shorter than the turn's end (400 ms).
     await c.send(np.concatenate([tone(800), silence(300)]))
-    await asyncio.sleep(0.3)  # the speculative turn is running now
+    await eventually(lambda: fake_llm.produced > 0, timeout_s=WAIT_S, message="the early answer never started")
     await c.send(np.concatenate([tone(600), silence(700)]))
     await c.until("turn_end")
     await c.close()
@@ -273,23 +283,29 @@ async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
     assert [m.role for m in history[1:]] == ["user"]  # the dropped turn left no history
 
 
-async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(fake_llm: FakeLLM, engines: VoiceEngines) -> None:
+async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(
+    fake_llm: FakeLLM, engines: VoiceEngines, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = App(test_settings(limits={"tenant_audio_s_per_min": 2}), llm=fake_llm, voice=engines)
     await app.start()
     try:
+        # A stopped clock: the bucket does not refill, so the second second of audio empties it exactly.
+        limiter = app.gateway.limiter
+        assert isinstance(limiter, MemoryLimiter)
+        monkeypatch.setattr(limiter, "_clock", lambda: 1000.0)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             c = _Call(RunningServer(app, channel), input_audio=PCM16K)
             await c.open()
-            # writes fail once the server has ended the stream
-            with pytest.raises((grpc.aio.AioRpcError, asyncio.InvalidStateError)):
-                for _ in range(10):
-                    await c.send(silence(1000), ms=100)
-                    await asyncio.sleep(0.05)
-            assert await c.call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for _ in range(2):  # no more: a write racing the server's end would fail the call locally
+                await c.send(silence(1000), ms=100)
+            async with asyncio.timeout(WAIT_S):
+                assert await c.call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(asyncio.InvalidStateError):  # writes fail once the server has ended the stream
+                await c.send(silence(100), ms=100)
             with pytest.raises(grpc.aio.AioRpcError):
                 await c._reader
             usage = await app.gateway.metering.report("default", app.gateway.metering._period())
-            assert usage.usage.stt_seconds >= 2
+            assert usage.usage.stt_seconds == pytest.approx(2)
     finally:
         await app.stop(grace_s=1)
 
@@ -316,7 +332,7 @@ async def test_half_close_mid_utterance_answers_it_then_ends(voice_server: Runni
     c = _Call(voice_server, input_audio=PCM16K)
     await c.open()
     await c.send(np.concatenate([tone(800), silence(240)]))  # paused: a speculative answer is under way
-    await asyncio.sleep(0.2)
+    await eventually(lambda: fake_llm.produced > 0, timeout_s=WAIT_S, message="the early answer never started")
     await c.close()  # half-close: no endpoint will ever come from the audio
     kinds = [e.WhichOneof("event") for e in c.seen]
     assert "turn_end" in kinds

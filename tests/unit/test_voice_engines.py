@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from antiphon.errors import Unavailable
+from tests.eventually import eventually
 from tests.voice_fakes import ScriptedSTT, fake_engines, tone
 
 
@@ -17,19 +18,16 @@ async def test_an_abandoned_recognition_counts_until_its_thread_is_done() -> Non
     engines = fake_engines(stt)
     try:
         task = asyncio.create_task(engines.transcribe(tone(500)))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: bool(stt.calls), message="the recognition never reached its thread")
         assert not engines.stt_idle
         task.cancel()  # the caller gives up (the user spoke on) ...
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not engines.stt_idle  # ... but the thread still works: partials must keep waiting
         stt.gate.set()
-        for _ in range(100):
-            if engines.stt_idle:
-                break
-            await asyncio.sleep(0.01)
-        assert engines.stt_idle
+        await eventually(lambda: engines.stt_idle, message="the recognition still counts after its thread is done")
     finally:
+        stt.gate.set()
         engines.close()
 
 
