@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from antiphon.agent.tooling import AgentTool, ToolCallInfo, ToolOutcome, new_call_id
+from antiphon.errors import InvalidArgument
 from antiphon.inference.llm import LLM, ChatMessage, GenerationStats, SamplingOptions
 from antiphon.telemetry import tracing as tr
+from antiphon.tools.schema import load_json
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,9 @@ class AgentLoop:
             await self._events.tool_call(call)
             outcome = await tool.call(call)
             span.set_attribute("antiphon.tool.ok", outcome.ok)
+            if outcome.queue_ms or outcome.run_ms:  # the call reached the sandbox
+                span.set_attribute("antiphon.tool.queue_ms", outcome.queue_ms)
+                span.set_attribute("antiphon.tool.run_ms", outcome.run_ms)
         self.stats.extra["tool_fuel"] = self.stats.extra.get("tool_fuel", 0.0) + outcome.fuel_used
         await self._events.tool_result(outcome)
         return outcome
@@ -217,8 +222,8 @@ def _observation(name: str, outcome: ToolOutcome) -> ChatMessage:
 
 def _parse(raw: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-    except ValueError:
-        log.info("agent decision was not JSON; answering directly")
+        value = load_json(raw, where="agent decision")  # bounded: a model can be coaxed into deep JSON
+    except InvalidArgument:
+        log.info("agent decision was not JSON (or too deep); answering directly")
         return {}
     return value if isinstance(value, dict) else {}

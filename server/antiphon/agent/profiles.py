@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from antiphon.config import GenerationSettings, Settings
-from antiphon.errors import InvalidArgument, NotFound
+from antiphon.errors import InvalidArgument, NotFound, quote
 from antiphon.inference.llm import SamplingOptions
 
 MAX_STOP_STRINGS = 4
@@ -68,7 +68,7 @@ class ProfileRegistry:
     def get(self, name: str) -> AgentProfile:
         profile = self._profiles.get(name or self._default)
         if profile is None:
-            raise NotFound(f"agent_profile: no profile named {name!r} (known: {', '.join(self.names)})")
+            raise NotFound(f"agent_profile: no profile named {quote(name)} (known: {', '.join(self.names)})")
         return profile
 
     def resolve(self, profile: AgentProfile, req: RequestedOptions) -> SamplingOptions:

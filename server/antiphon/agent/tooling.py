@@ -16,7 +16,9 @@ from typing import Any, Literal, Protocol
 
 from antiphon.errors import AntiphonError, InvalidArgument
 from antiphon.gateway.principal import Principal
+from antiphon.tools.deadlines import timing_of
 from antiphon.tools.registry import ToolRegistry
+from antiphon.tools.schema import load_json
 
 RunsOn = Literal["server", "client"]
 TOOL_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -38,6 +40,9 @@ class ToolOutcome:
     output_json: str = ""
     error: str = ""
     fuel_used: int = 0  # wasm fuel the call burnt (server tools), for usage metering
+    # Server tools: waiting for a sandbox worker, then on it (both 0 if the call never reached the sandbox).
+    queue_ms: float = 0.0
+    run_ms: float = 0.0
 
     def for_model(self) -> str:
         text = self.output_json if self.ok else f"error: {self.error}"
@@ -72,9 +77,24 @@ class ServerTool:
         try:
             result = await self.registry.invoke(self.principal, self.name, call.arguments_json)
         except AntiphonError as exc:  # ToolError, PermissionDenied: the model reads what went wrong
-            return ToolOutcome(call.call_id, False, error=exc.message, fuel_used=getattr(exc, "fuel_used", 0))
+            timing = timing_of(exc)
+            return ToolOutcome(
+                call.call_id,
+                False,
+                error=exc.message,
+                fuel_used=getattr(exc, "fuel_used", 0),
+                queue_ms=timing.queue_ms,
+                run_ms=timing.run_ms,
+            )
         output = json.dumps(result.output, separators=(",", ":"))
-        return ToolOutcome(call.call_id, True, output_json=output, fuel_used=result.fuel_used)
+        return ToolOutcome(
+            call.call_id,
+            True,
+            output_json=output,
+            fuel_used=result.fuel_used,
+            queue_ms=result.queue_ms,
+            run_ms=result.run_ms,
+        )
 
 
 ClientCall = Callable[[ToolCallInfo], Awaitable[ToolOutcome]]
@@ -114,8 +134,8 @@ class SubAgentTool:
 
     async def call(self, call: ToolCallInfo) -> ToolOutcome:
         try:
-            task = str(json.loads(call.arguments_json).get("task", ""))
-        except (ValueError, AttributeError):
+            task = str(load_json(call.arguments_json, where="arguments").get("task", ""))
+        except (InvalidArgument, AttributeError):
             return ToolOutcome(call.call_id, False, error='arguments: expected {"task": "..."}')
         try:
             answer = await self.run_subagent(task)
@@ -134,9 +154,9 @@ def parse_client_tools(raw: list[tuple[str, str, str]], taken: set[str]) -> list
         if name in taken:
             raise InvalidArgument(f"{where}.name: {name!r} is already a tool of this agent")
         try:
-            schema = json.loads(schema_json or '{"type": "object"}')
-        except ValueError:
-            raise InvalidArgument(f"{where}.input_schema_json: not valid JSON") from None
+            schema = load_json(schema_json or '{"type": "object"}', where=f"{where}.input_schema_json")
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc.message} (not valid JSON, or too large or deep)") from None
         if not isinstance(schema, dict) or schema.get("type", "object") != "object":
             raise InvalidArgument(f"{where}.input_schema_json: must be an object schema")
         taken.add(name)

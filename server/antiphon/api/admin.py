@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 
 from antiphon.api.boundary import guard_unary
-from antiphon.errors import InvalidArgument, NotFound, PermissionDenied
+from antiphon.errors import InvalidArgument, NotFound, PermissionDenied, quote
 from antiphon.gateway.interceptor import Gateway
 from antiphon.gateway.keys import ApiKey, Quota, check_tenant, new_key
 from antiphon.gateway.principal import Principal
@@ -62,7 +62,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         async def call() -> apb.UsageReport:
             tenant = _tenant(request.tenant, principal, "usage.read", "usage.read_all")
-            r = await self._gw.metering.report(tenant, check_period(request.period))
+            r = await self._gw.metering.report(tenant, _period(request.period))
             u = r.usage
             return apb.UsageReport(
                 tenant=r.tenant,
@@ -132,7 +132,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             known = self._gw.policy.roles
             for role in sorted(roles):
                 if role not in known:
-                    raise InvalidArgument(f"roles: unknown role {role!r} (known: {', '.join(sorted(known))})")
+                    raise InvalidArgument(f"roles: unknown role {quote(role)} (known: {', '.join(sorted(known))})")
             labels = frozenset(request.acl_labels)
             if not self._gw.policy.allows(principal, "keys.manage_all"):
                 if not roles <= principal.roles:
@@ -176,13 +176,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             record = await self._gw.keys.get(request.key_id)
             foreign = record is not None and record.tenant != principal.tenant
             if record is None or (foreign and not self._gw.policy.allows(principal, "keys.manage_all")):
-                raise NotFound(f"key_id: no key {request.key_id!r}")
+                raise NotFound(f"key_id: no key {quote(request.key_id)}")
             revoked = await self._gw.keys.revoke(request.key_id)
             if revoked is None:
-                raise NotFound(f"key_id: no key {request.key_id!r}")
+                raise NotFound(f"key_id: no key {quote(request.key_id)}")
             return apb.RevokeKeyResponse(info=key_info(revoked))
 
         return await self._guard(context, "RevokeKey", call)
+
+
+def _period(period: str) -> str:
+    """check_period, with a message that repeats at most the start of what the client sent."""
+    try:
+        return check_period(period)
+    except InvalidArgument:
+        raise InvalidArgument(f"period: {quote(period)} is not a month as YYYY-MM") from None
 
 
 def _tenant(requested: str, principal: Principal, own_action: str, any_action: str) -> str:

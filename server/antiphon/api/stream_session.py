@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,10 +26,11 @@ from antiphon.api.session_access import require_use
 from antiphon.api.speculation import Speculation
 from antiphon.config import SESSION_ID_RE, Settings
 from antiphon.context.sessions import SessionStore
-from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable
+from antiphon.errors import AntiphonError, FailedPrecondition, InvalidArgument, Unavailable, quote
 from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.logs import session_id_var, turn_id_var
 from antiphon.telemetry.metrics import Metrics
+from antiphon.tools.schema import check_json_bounds, load_json
 from antiphon.v1 import events_pb2 as pb
 
 if TYPE_CHECKING:
@@ -109,6 +109,8 @@ class StreamSession:
         self._profile = self._svc.profiles.get(profile_name)
         self._options = self._svc.profiles.resolve(self._profile, requested_options(generation))
         taken = {*self._profile.tools, *(f"agent_{s.replace('-', '_')}" for s in self._profile.subagents)}
+        for i, tool in enumerate(client_tools):  # bounded before parse_client_tools parses them
+            check_json_bounds(tool.input_schema_json, where=f"session_config.client_tools[{i}].input_schema_json")
         self.client_tools = parse_client_tools(
             [(t.name, t.description, t.input_schema_json) for t in client_tools], taken
         )
@@ -409,15 +411,17 @@ class StreamSession:
         """A ToolResult from the client: hand it to the call waiting for it."""
         future = self._waiting.get(result.call_id)
         if future is None or future.done():
-            await self.report(FailedPrecondition(f"tool_result.call_id: no tool call {result.call_id!r} is waiting"))
+            await self.report(
+                FailedPrecondition(f"tool_result.call_id: no tool call {quote(result.call_id)} is waiting")
+            )
             return
         if result.WhichOneof("result") == "error":
             future.set_result(ToolOutcome(result.call_id, False, error=result.error))
             return
         try:
-            json.loads(result.output_json)
-        except ValueError:
-            future.set_result(ToolOutcome(result.call_id, False, error="the client's output_json was not valid JSON"))
+            load_json(result.output_json, where="tool_result.output_json")
+        except InvalidArgument as exc:
+            future.set_result(ToolOutcome(result.call_id, False, error=f"the client's {exc.message}"))
             return
         future.set_result(ToolOutcome(result.call_id, True, output_json=result.output_json))
 
@@ -442,7 +446,9 @@ class _StreamSink:
         await self._session.put(self._turn_id, tool_call=event)
 
     async def tool_result(self, outcome: ToolOutcome) -> None:
-        event = pb.ToolCallResult(call_id=outcome.call_id, ok=outcome.ok)
+        event = pb.ToolCallResult(
+            call_id=outcome.call_id, ok=outcome.ok, queue_ms=outcome.queue_ms, run_ms=outcome.run_ms
+        )
         if outcome.ok:
             event.output_json = outcome.output_json
         else:

@@ -5,6 +5,7 @@ Errors map once, through ``guard_unary`` and each error's ``code``:
 - invalid_arguments (and a bad manifest or module)   INVALID_ARGUMENT
 - out_of_fuel, memory_limit, output_too_large        RESOURCE_EXHAUSTED
 - timeout                                            DEADLINE_EXCEEDED
+- timeout, the sandbox busy (the tool did not run)   RESOURCE_EXHAUSTED, retryable
 - not_found                                          NOT_FOUND
 - capability_denied, a missing role                  PERMISSION_DENIED
 - trap, invalid_output, tool_failed                  OK, in InvokeToolResponse.error ("kind: message"):
@@ -22,10 +23,11 @@ import grpc
 from antiphon.api.boundary import guard_unary
 from antiphon.gateway.principal import Principal
 from antiphon.telemetry.metrics import Metrics
+from antiphon.tools.deadlines import timing_of
 from antiphon.tools.errors import ToolError
 from antiphon.tools.manifest import ToolManifest, parse_limits
 from antiphon.tools.registry import ToolInfo, ToolRegistry
-from antiphon.tools.schema import ManifestError
+from antiphon.tools.schema import ManifestError, load_json
 from antiphon.v1 import tools_pb2 as tpb
 from antiphon.v1 import tools_pb2_grpc
 
@@ -67,9 +69,20 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
             except ToolError as exc:
                 if not exc.in_band:
                     raise
-                return tpb.InvokeToolResponse(error=str(exc), fuel_used=exc.fuel_used, duration_ms=exc.duration_ms)
+                timing = timing_of(exc)
+                return tpb.InvokeToolResponse(
+                    error=str(exc),
+                    fuel_used=exc.fuel_used,
+                    duration_ms=exc.duration_ms,
+                    queue_ms=timing.queue_ms,
+                    run_ms=timing.run_ms,
+                )
             return tpb.InvokeToolResponse(
-                output_json=result.output_json, fuel_used=result.fuel_used, duration_ms=result.duration_ms
+                output_json=result.output_json,
+                fuel_used=result.fuel_used,
+                duration_ms=result.duration_ms,
+                queue_ms=result.queue_ms,
+                run_ms=result.run_ms,
             )
 
         return await self._guard(invoke, context, "Tools.InvokeTool")
@@ -127,10 +140,8 @@ def manifest_from_proto(message: tpb.ToolManifest) -> ToolManifest:
 def _schema(text: str, where: str) -> Any:
     if not text.strip():
         raise ManifestError(f"{where}: required (a JSON Schema; {{}} accepts any JSON)")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    # Bounded before parsing: a deeply nested schema would exhaust the parser's recursion.
+    return load_json(text, where=where, error=ManifestError)
 
 
 def _tool_info(info: ToolInfo) -> tpb.ToolInfo:

@@ -11,9 +11,12 @@ the servicer's code (nothing of it runs for a refused call), in this order:
   4. budget (metered calls)  RESOURCE_EXHAUSTED + RetryInfo (next month)
   5. stream slot (streams)   RESOURCE_EXHAUSTED + RetryInfo
 
-then sets the call's context variable (principal, credential, deadline, policy) and
-calls the servicer. Streams end with DEADLINE_EXCEEDED past ``limits.max_stream_s``;
-unary responses that carry usage (tool calls, documents, searches) are metered.
+then sets the call's context variable (principal, credential, deadline, policy),
+decodes the request and calls the servicer. gRPC hands the wrapper raw bytes, so no
+request is parsed before its caller is admitted; an undecodable one is INVALID_ARGUMENT
+(on a request stream, each message is decoded as the servicer reads it).
+Streams end with DEADLINE_EXCEEDED past ``limits.max_stream_s``; unary responses
+that carry usage (tool calls, documents, searches) are metered.
 A RESOURCE_EXHAUSTED carries ``grpc-status-details-bin`` (google.rpc.Status with a
 RetryInfo) and a plain ``retry-after-ms`` trailer.
 """
@@ -29,7 +32,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -37,7 +40,14 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from prometheus_client import CollectorRegistry
 
 from antiphon.config import Settings
-from antiphon.errors import AntiphonError, PermissionDenied, ResourceExhausted, Unavailable, status_of
+from antiphon.errors import (
+    AntiphonError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    status_of,
+)
 from antiphon.gateway.auth import Authenticator, Unauthenticated
 from antiphon.gateway.context import CallContext, current_call, set_call
 from antiphon.gateway.keys import FileKeyStore, KeyStore
@@ -209,38 +219,82 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             return self._wrap_unary(method, h)
         inner: Behavior = h.stream_stream if h.request_streaming else h.unary_stream
         limiter = self._gw.limiter
+        body = _Body(h.request_deserializer)
+        deserialize, request_streaming = body.deserialize, h.request_streaming
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             stream_id = f"{self._instance}:{next(self._stream_ids)}"
             call = await self._admit(context, method, stream_id)
+            requests = _DecodedRequests(raw, body) if request_streaming else None
             try:
+                if requests is not None:
+                    request = requests
+                else:
+                    try:
+                        request = deserialize(raw)
+                    except Exception:  # DecodeError, or anything else the parser raises on hostile bytes
+                        await body.refuse(raw, context)
                 result = inner(request, context)
                 if inspect.isawaitable(result):  # a handler that writes with context.write()
                     await result
-                    return
-                async with contextlib.aclosing(result) as messages:
-                    async for message in self._bounded(messages, context):
-                        yield message
+                else:
+                    async with contextlib.aclosing(result) as messages:
+                        async for message in self._bounded(messages, context):
+                            yield message
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await _refuse_bad_stream(context, requests)
+                raise
+            else:
+                await _refuse_bad_stream(context, requests)
             finally:
                 await limiter.close_stream(call.principal.tenant, call.credential, stream_id)
 
         factory = grpc.stream_stream_rpc_method_handler if h.request_streaming else grpc.unary_stream_rpc_method_handler
-        return factory(stream, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer)
+        # request_deserializer=None: the body arrives as bytes and is decoded only once the caller is admitted.
+        return factory(stream, request_deserializer=None, response_serializer=h.response_serializer)
 
     def _wrap_unary(self, method: str, h: Any) -> Any:
         inner: Behavior = h.stream_unary if h.request_streaming else h.unary_unary
         meter = RESPONSE_METERS.get(method)
         metering = self._gw.metering
+        body = _Body(h.request_deserializer)
+        deserialize = body.deserialize
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             call = await self._admit(context, method, None)
+            try:
+                request = deserialize(raw)
+            except Exception:  # as in stream()
+                await body.refuse(raw, context)
             response = await inner(request, context)
             if meter is not None and response is not None:
                 metering.record(call.principal.tenant, meter(request, response))
             return response
 
-        factory = grpc.stream_unary_rpc_method_handler if h.request_streaming else grpc.unary_unary_rpc_method_handler
-        return factory(unary, request_deserializer=h.request_deserializer, response_serializer=h.response_serializer)
+        async def client_stream(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = await self._admit(context, method, None)
+            requests = _DecodedRequests(raw, body)
+            try:
+                response = await inner(requests, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await _refuse_bad_stream(context, requests)
+                raise
+            await _refuse_bad_stream(context, requests)
+            if meter is not None and response is not None:
+                metering.record(call.principal.tenant, meter(requests, response))
+            return response
+
+        if h.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                client_stream, request_deserializer=None, response_serializer=h.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=None, response_serializer=h.response_serializer
+        )
 
     async def _bounded(self, messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """The handler's messages, until limits.max_stream_s: then DEADLINE_EXCEEDED (the handler is cancelled)."""
@@ -265,3 +319,64 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     "open a new stream to continue the session",
                 )
             yield message
+
+
+def _no_decoding(raw: Any) -> Any:
+    return raw
+
+
+class _Body:
+    """A method's request decoding, done by the gateway after admission rather than by gRPC before it.
+
+    An undecodable body is the client's fault: INVALID_ARGUMENT, with a message that names the
+    message type and nothing of the parser (its exceptions name Python classes).
+    """
+
+    __slots__ = ("bad_body", "bad_message", "deserialize")
+
+    def __init__(self, deserializer: Callable[[bytes], Any] | None) -> None:
+        self.deserialize: Callable[[Any], Any] = deserializer or _no_decoding
+        descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+        name = getattr(descriptor, "full_name", "") or "message"
+        self.bad_body = f"the request body is not a valid {name}"
+        self.bad_message = f"a message on the request stream is not a valid {name}"
+
+    async def refuse(self, raw: Any, context: grpc.aio.ServicerContext) -> NoReturn:
+        log.debug("undecodable request body (%d bytes)", len(raw) if isinstance(raw, bytes) else -1)
+        await abort_with(context, InvalidArgument(self.bad_body))
+        raise AssertionError("unreachable: abort raises")
+
+
+class _DecodedRequests:
+    """A request stream, each message decoded as the handler reads it; a bad one ends the stream.
+
+    The handler sees InvalidArgument from its read (and again from any later read); if it
+    goes on regardless, the gateway ends the call with INVALID_ARGUMENT when the handler returns.
+    """
+
+    __slots__ = ("_raw", "bad_message", "deserialize", "failed")
+
+    def __init__(self, raw: Any, body: _Body) -> None:
+        self._raw: AsyncIterator[Any] = raw  # not aiter(raw): gRPC's reader warns if made and never read
+        self.deserialize = body.deserialize
+        self.bad_message = body.bad_message
+        self.failed = False
+
+    def __aiter__(self) -> _DecodedRequests:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.failed:
+            raise InvalidArgument(self.bad_message)
+        raw = await anext(self._raw)
+        try:
+            return self.deserialize(raw)
+        except Exception:  # as in stream()
+            self.failed = True
+        raise InvalidArgument(self.bad_message)
+
+
+async def _refuse_bad_stream(context: grpc.aio.ServicerContext, requests: _DecodedRequests | None) -> None:
+    """A handler that read a bad message but did not end the call with its status: end it here."""
+    if requests is not None and requests.failed:
+        await abort_with(context, InvalidArgument(requests.bad_message))

@@ -1,21 +1,31 @@
 """Deadlines and cancellation of tool calls, through wasmtime's epochs.
 
+A call's deadline is fixed when it is submitted (``CallControl(budget_s=...)``):
+the time it waits for a worker counts against it, so a caller never waits much
+past its budget however many calls are ahead of it.
+
 An ``EpochTicker`` thread advances the engine's epoch every ``TICK_S`` while
 calls run; every ``SLICE_TICKS`` a call's deadline callback runs on the call's
 own thread and either lets it continue or stops it (deadline passed, task
-cancelled, or the host decided to abort it). Stopping one call never disturbs
-another. The callback is registered through wasmtime-py's C bindings
+cancelled, or the host decided to abort it). The ticker also knows the
+running calls' deadlines: when the earliest one passes it advances the epoch a
+whole slice at once, so that call checks at its next instruction boundary
+rather than up to a slice later (a slice of ticks stretches when many calls
+share few cores). Stopping one call never disturbs another. The callback is
+registered through wasmtime-py's C bindings
 (``wasmtime_store_epoch_deadline_callback``), which its Python API lacks.
 """
 
 from __future__ import annotations
 
 import ctypes
+import heapq
 import itertools
 import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import wasmtime
@@ -44,16 +54,69 @@ class CallCancelled(Unavailable):
 StopReason = Literal["timeout", "cancelled", "aborted"]
 
 
+@dataclass(frozen=True, slots=True)
+class CallTiming:
+    """Where a call's time went, in milliseconds."""
+
+    queue_ms: float = 0.0  # submitted until a worker started it (or until it was refused)
+    run_ms: float = 0.0  # on the worker: argument checks, the run, output checks
+
+
+_NO_TIMING: Final = CallTiming()
+_TIMING_ATTR: Final = "antiphon_call_timing"
+
+
+def attach_timing(exc: BaseException, timing: CallTiming) -> None:
+    """Record on a failed call's error where its time went (read back with ``timing_of``)."""
+    setattr(exc, _TIMING_ATTR, timing)
+
+
+def timing_of(exc: BaseException) -> CallTiming:
+    """The timing ``attach_timing`` recorded; zeros for an error raised before the call reached the sandbox."""
+    timing = getattr(exc, _TIMING_ATTR, None)
+    return timing if isinstance(timing, CallTiming) else _NO_TIMING
+
+
 class CallControl:
-    """Deadline and cancellation of one call, shared by its task and its worker thread."""
+    """Deadline, cancellation and timing of one call, shared by its task and its worker thread.
 
-    __slots__ = ("_aborted", "_stopped_by", "cancelled", "deadline")
+    ``budget_s``: how long the caller will wait, queueing included; the deadline
+    is then fixed now. Without it the deadline is set when the call starts (the
+    tool's own wall-clock limit, counted from there).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_aborted",
+        "_stopped_by",
+        "cancelled",
+        "deadline",
+        "expired",
+        "finished",
+        "started",
+        "submitted",
+    )
+
+    def __init__(self, *, budget_s: float | None = None) -> None:
         self.cancelled = False
-        self.deadline = math.inf  # a time.monotonic() instant, set when the call starts
+        self.submitted = time.monotonic()
+        # A time.monotonic() instant by which the call must end.
+        self.deadline = math.inf if budget_s is None else self.submitted + budget_s
+        self.started: float | None = None  # when a worker started it
+        self.finished: float | None = None  # when the worker was done with it, or when it was refused
+        self.expired = False  # refused before it started: it must never run
         self._aborted = False
         self._stopped_by: StopReason | None = None
+
+    @property
+    def budget_ms(self) -> float:
+        """From submission to the deadline (infinite until one is set)."""
+        return (self.deadline - self.submitted) * 1000
+
+    def timing(self) -> CallTiming:
+        end = self.finished if self.finished is not None else time.monotonic()
+        if self.started is None:
+            return CallTiming(queue_ms=(end - self.submitted) * 1000)
+        return CallTiming((self.started - self.submitted) * 1000, (end - self.started) * 1000)
 
     def cancel(self) -> None:
         """Stop the call at its next check (within SLICE_TICKS); it raises CallCancelled."""
@@ -126,7 +189,7 @@ _NO_FINALIZER = _Finalizer(_no_finalizer)
 
 
 class EpochTicker:
-    """Advances the engine's epoch every TICK_S, only while some call is running."""
+    """Advances the engine's epoch every TICK_S while some call is running; a slice at once at a deadline."""
 
     def __init__(self, engine: wasmtime.Engine) -> None:
         self._engine = engine
@@ -134,10 +197,16 @@ class EpochTicker:
         self._active = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        # (deadline, entry number) of running calls; entries of calls that left stay until due.
+        self._deadlines: list[tuple[float, int]] = []
+        self._entries = itertools.count()
 
-    def enter(self) -> None:
+    def enter(self, deadline: float = math.inf) -> None:
+        """A call starts; ``deadline`` (a time.monotonic() instant) is when it must be checked."""
         with self._cond:
             self._active += 1
+            if deadline < math.inf:
+                heapq.heappush(self._deadlines, (deadline, next(self._entries)))
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="antiphon-tool-epoch", daemon=True)
                 self._thread.start()
@@ -146,6 +215,8 @@ class EpochTicker:
     def leave(self) -> None:
         with self._cond:
             self._active -= 1
+            if self._active == 0:
+                self._deadlines.clear()
 
     def close(self) -> None:
         with self._cond:
@@ -153,6 +224,14 @@ class EpochTicker:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join()
+
+    def _due(self, now: float) -> bool:
+        """Whether some running call's deadline has passed since the last check (under self._cond)."""
+        due = False
+        while self._deadlines and self._deadlines[0][0] <= now:
+            heapq.heappop(self._deadlines)
+            due = True
+        return due
 
     def _run(self) -> None:
         while True:
@@ -162,4 +241,8 @@ class EpochTicker:
                 if self._closed:
                     return
             time.sleep(TICK_S)
-            self._engine.increment_epoch()
+            with self._cond:
+                due = self._due(time.monotonic())
+            # At a deadline, a whole slice: every running call checks at once (the others just carry on).
+            for _ in range(SLICE_TICKS if due else 1):
+                self._engine.increment_epoch()

@@ -18,7 +18,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from antiphon.tools.schema import ManifestError, check_schema
+from antiphon.errors import quote
+from antiphon.tools.schema import MAX_JSON_DEPTH, ManifestError, check_schema
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ROLE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
@@ -79,7 +80,7 @@ class ToolManifest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
-            raise ManifestError(f"manifest.name: must match [a-z][a-z0-9_]{{0,63}}, got {self.name!r}")
+            raise ManifestError(f"manifest.name: must match [a-z][a-z0-9_]{{0,63}}, got {quote(self.name)}")
         if not isinstance(self.description, str) or not self.description.strip():
             raise ManifestError("manifest.description: required (say what the tool does; the agent reads it)")
         if len(self.description) > MAX_DESCRIPTION_CHARS:
@@ -89,7 +90,7 @@ class ToolManifest:
         for capability in sorted(self.capabilities):
             if capability not in KNOWN_CAPABILITIES:
                 known = ", ".join(sorted(KNOWN_CAPABILITIES))
-                raise ManifestError(f"manifest.capabilities: unknown capability {capability!r} (known: {known})")
+                raise ManifestError(f"manifest.capabilities: unknown capability {quote(capability)} (known: {known})")
         inputs = _checked_schema(self.input_schema, "manifest.input_schema")
         if self.input_schema.get("type") != "object":
             # MCP's tools/list requires an object schema for the arguments.
@@ -179,8 +180,8 @@ def load_manifest_file(path: Path) -> ToolManifest:
 def _checked_schema(schema: object, where: str) -> Draft202012Validator:
     try:
         size = len(json.dumps(schema))
-    except (TypeError, ValueError):
-        raise ManifestError(f"{where}: must be plain JSON data") from None
+    except (TypeError, ValueError, RecursionError):
+        raise ManifestError(f"{where}: must be plain JSON data, nested at most {MAX_JSON_DEPTH} levels") from None
     if size > MAX_SCHEMA_BYTES:
         raise ManifestError(f"{where}: at most {MAX_SCHEMA_BYTES} bytes of JSON")
     return check_schema(schema, where)

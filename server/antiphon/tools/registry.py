@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antiphon.errors import AntiphonError, FailedPrecondition, ResourceExhausted
+from antiphon.errors import AntiphonError, FailedPrecondition, ResourceExhausted, quote
+from antiphon.gateway.context import remaining_s
 from antiphon.gateway.principal import Principal
 from antiphon.tools.capabilities import HttpPolicy
 from antiphon.tools.deadlines import CallControl
@@ -207,20 +208,30 @@ class ToolRegistry:
     def _find(self, principal: Principal, name: str) -> _Tool:
         tool = self._tenants.get(principal.tenant, {}).get(name) or self._builtins.get(name)
         if tool is None:
-            raise ToolError("not_found", f"no tool named {name!r}")
+            raise ToolError("not_found", f"no tool named {quote(name)}")
         return tool
 
     # -- calls ---------------------------------------------------------------------
 
     async def invoke(self, principal: Principal, name: str, arguments_json: str | bytes) -> CallResult:
-        """Run a tool once. Raises ToolError (see errors.py), or PermissionDenied."""
+        """Run a tool once, waiting at most its wall-clock limit (or the RPC's deadline), queueing included.
+
+        Raises ToolError (see errors.py; SandboxBusy when no worker came free in time), or PermissionDenied.
+        """
         tool = self._find(principal, name)
         if not _may_call(principal, tool.manifest):
-            raise PermissionDenied(f"the tool {name!r} requires the role {tool.manifest.required_role!r}")
+            raise PermissionDenied(f"the tool {quote(name)} requires the role {tool.manifest.required_role!r}")
         if len(arguments_json) > MAX_ARGUMENTS_BYTES:
             raise ToolError("invalid_arguments", f"arguments: at most {MAX_ARGUMENTS_BYTES} bytes of JSON")
         host = HostContext(http=self._http_policies.get(principal.tenant, self._default_http))
-        return await self._sandbox.submit(lambda control: self._call(tool, arguments_json, host, control))
+        # One budget for waiting for a worker and running: the tool's limit, or the RPC's (or turn's) deadline.
+        budget_s = tool.manifest.limits.wall_clock_ms / 1000
+        rpc_left_s = remaining_s()
+        if rpc_left_s is not None:
+            budget_s = min(budget_s, rpc_left_s)
+        return await self._sandbox.call(
+            lambda control: self._call(tool, arguments_json, host, control), budget_s=budget_s
+        )
 
     def _call(self, tool: _Tool, arguments_json: str | bytes, host: HostContext, control: CallControl) -> CallResult:
         # On a worker thread: schemas with costly patterns must not stall the event loop.
@@ -265,8 +276,8 @@ class ToolRegistry:
             tool = tools.get(name)
             if tool is None:
                 if name in self._builtins:
-                    raise PermissionDenied(f"{name!r} is a built-in tool: remove it from the tools directory")
-                raise ToolError("not_found", f"no tool named {name!r}")
+                    raise PermissionDenied(f"{quote(name)} is a built-in tool: remove it from the tools directory")
+                raise ToolError("not_found", f"no tool named {quote(name)}")
             if self._storage_dir is not None:
                 await asyncio.to_thread(self._unstore, principal.tenant, tool)
             self._tenants[principal.tenant] = {k: v for k, v in tools.items() if k != name}

@@ -9,7 +9,9 @@ nothing of a call survives it.
 
 Wall clock and cancellation share one mechanism, in deadlines.py: an epoch
 ticker thread and a per-call deadline callback. Stopping one call never
-disturbs another.
+disturbs another. The deadline is the earlier of the control's (fixed when the
+call was submitted, so time spent waiting for a worker counts) and the tool's
+wall-clock limit counted from now.
 
 Host functions (``fd_write`` for stdout/stderr, ``poll_oneoff`` refusing to
 sleep, ``antiphon.http_fetch``) find
@@ -108,7 +110,10 @@ class CallResult:
     output: Any  # the parsed JSON the tool wrote
     output_json: str  # the same, as compact JSON text
     fuel_used: int
-    duration_ms: float
+    duration_ms: float  # the wasm run alone
+    # Set by Sandbox.call: waiting for a worker, then the whole time on it (duration_ms and the checks around it).
+    queue_ms: float = 0.0
+    run_ms: float = 0.0
 
 
 # ---- host functions ------------------------------------------------------------
@@ -265,7 +270,9 @@ def run_call(
     handle = next(_HANDLES)
     _CONTROLS[handle] = control
     store = wasmtime.Store(engine)
-    ticker.enter()
+    now = time.monotonic()
+    control.deadline = min(control.deadline, now + limits.wall_clock_ms / 1000)
+    ticker.enter(control.deadline)
     _current.call = call
     started = time.perf_counter()
     outcome = _Outcome()
@@ -275,8 +282,8 @@ def run_call(
         store.set_wasi(wasi)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
-        control.deadline = time.monotonic() + limits.wall_clock_ms / 1000
-        store.set_epoch_deadline(min(SLICE_TICKS, math.ceil(limits.wall_clock_ms / 1000 / TICK_S)))
+        # The first check: within a slice, or at the deadline if the budget left is shorter.
+        store.set_epoch_deadline(max(1, min(SLICE_TICKS, math.ceil((control.deadline - now) / TICK_S))))
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _ON_EPOCH_DEADLINE, handle, _NO_FINALIZER)
         _execute(pre, store, call, outcome)
         duration_ms = (time.perf_counter() - started) * 1000
@@ -380,7 +387,7 @@ def _result(
     if trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
         raise fail("out_of_fuel", f"the tool used all of its {limits.fuel} fuel")
     if control.stopped_by == "timeout" or trap_code == wasmtime.TrapCode.INTERRUPT:
-        raise fail("timeout", f"the tool ran past its {limits.wall_clock_ms} ms wall-clock limit")
+        raise fail("timeout", _timeout_message(limits, control))
     if outcome.instantiate_error is not None:
         reason = str(outcome.instantiate_error).splitlines()[0]
         if "memory" in reason and "limit" in reason:
@@ -405,6 +412,20 @@ def _result(
         raise fail(exc.kind, exc.message) from None
     # Valid JSON (parse_json decoded it as UTF-8 and accepted it): pass the tool's own text on.
     return CallResult(output, text.decode().strip(), fuel_used, duration_ms)
+
+
+def _timeout_message(limits: ToolLimits, control: CallControl) -> str:
+    limit_ms = limits.wall_clock_ms
+    budget_ms = control.budget_ms
+    if budget_ms < limit_ms - 0.5:  # the caller's own deadline came first
+        return f"the tool ran past the caller's deadline, {budget_ms:.0f} ms after the call (its limit: {limit_ms} ms)"
+    queued_ms = ((control.started or control.submitted) - control.submitted) * 1000
+    if queued_ms >= 1 and budget_ms <= limit_ms + 0.5:  # the limit was counted from the submission
+        return (
+            f"the tool ran past its {limit_ms} ms wall-clock limit "
+            f"({queued_ms:.0f} ms of it waiting for a sandbox worker)"
+        )
+    return f"the tool ran past its {limit_ms} ms wall-clock limit"
 
 
 def _near_memory_cap(size: int, cap: int) -> bool:

@@ -10,29 +10,41 @@ capabilities its manifest grants. Each call then gets a fresh Store (see
 Calls run off the event loop in a bounded thread pool (wasmtime releases the
 GIL while wasm runs). Cancelling the awaiting task interrupts the running call
 at its next deadline check, a few milliseconds later.
+
+A tool call (``call``, ``invoke``) has one budget for waiting and running
+together: its wall-clock limit, or less if its caller's deadline is sooner. A
+call still waiting for a worker when the budget is spent never runs; it fails
+with ``SandboxBusy`` (RESOURCE_EXHAUSTED, retryable). One that starts runs on
+what is left of the budget. Either way the caller waits at most its budget
+plus the few milliseconds a running call takes to stop; ``CallResult`` (or the
+error, through ``timing_of``) says how long it queued and how long it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
+import grpc
 import wasmtime
 
 from antiphon.aio import CANCEL_TIMEOUT_S
 from antiphon.errors import InvalidArgument
-from antiphon.tools.deadlines import CallCancelled, CallControl, EpochTicker
+from antiphon.tools.deadlines import CallCancelled, CallControl, EpochTicker, attach_timing
 from antiphon.tools.errors import ToolError
 from antiphon.tools.manifest import ToolLimits
 from antiphon.tools.runtime import CallResult, HostContext, define_host_functions, run_call
@@ -52,6 +64,43 @@ _HOST_MODULE = "antiphon"
 
 
 _NO_HOST = HostContext()  # no capability granted beyond WASI
+
+
+class SandboxBusy(ToolError):
+    """No worker came free within the call's budget, so the tool never ran: RESOURCE_EXHAUSTED, retryable.
+
+    Its kind is ``timeout`` (the call did not finish in time); the status says
+    the server, not the tool, is at fault, so the same call may succeed later.
+    """
+
+    retryable = True
+
+    def __init__(self, budget_ms: float, workers: int) -> None:
+        super().__init__(
+            "timeout",
+            f"the tool sandbox is busy: no worker came free within the call's {budget_ms:.0f} ms "
+            f"(all {workers} were running other calls); the tool did not run, try again later",
+        )
+        self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, done: concurrent.futures.Future[T], outcome: asyncio.Future[T]) -> None:
+    """Hand a worker's outcome to the event loop (on the worker thread, as the job ends)."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_settle, done, outcome)
+
+
+def _settle(done: concurrent.futures.Future[T], outcome: asyncio.Future[T]) -> None:
+    if outcome.done():  # refused at its deadline, or its caller was cancelled: nobody waits for this
+        return
+    if done.cancelled():
+        outcome.cancel()
+        return
+    error = done.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +142,10 @@ class Sandbox:
         self._linkers: dict[frozenset[str], wasmtime.Linker] = {}
         self._stats = CacheStats()
         self._ticker = EpochTicker(self._engine)
+        self._workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="antiphon-tool")
         self._running: set[CallControl] = set()
+        self._waiting: set[CallControl] = set()
 
     @property
     def stats(self) -> CacheStats:
@@ -108,6 +159,15 @@ class Sandbox:
     def active_calls(self) -> int:
         """Calls running on the worker threads now (not those waiting for one)."""
         return len(self._running)
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def waiting_calls(self) -> int:
+        """Calls waiting for a worker thread now."""
+        return len(self._waiting)
 
     async def aclose(self) -> None:
         """``close`` off the event loop: running calls get a few ms to stop."""
@@ -237,34 +297,109 @@ class Sandbox:
     async def invoke(
         self, tool: CompiledTool, stdin: bytes, limits: ToolLimits, *, host: HostContext | None = None
     ) -> CallResult:
-        """Run a call in the worker pool; see ``run``."""
-        return await self.submit(lambda control: self.run(tool, stdin, limits, host=host, control=control))
+        """Run a call in the worker pool within its wall-clock limit, waiting included; see ``run`` and ``call``."""
+        return await self.call(
+            lambda control: self.run(tool, stdin, limits, host=host, control=control),
+            budget_s=limits.wall_clock_ms / 1000,
+        )
 
-    async def submit(self, work: Callable[[CallControl], T]) -> T:
-        """Run ``work`` on a worker thread. Cancelling the caller interrupts it and waits (bounded) for it to stop."""
+    async def call(self, work: Callable[[CallControl], CallResult], *, budget_s: float) -> CallResult:
+        """``submit`` for a tool call: the result, or the ToolError, carries its queue and run times.
+
+        ``budget_s`` bounds waiting for a worker and running together (see the module docstring).
+        """
+        control = CallControl(budget_s=budget_s)
+        try:
+            result = await self._submit(work, control)
+        except ToolError as exc:
+            attach_timing(exc, control.timing())
+            raise
+        timing = control.timing()
+        r = result
+        return CallResult(r.output, r.output_json, r.fuel_used, r.duration_ms, timing.queue_ms, timing.run_ms)
+
+    async def submit(self, work: Callable[[CallControl], T], *, budget_s: float | None = None) -> T:
+        """Run ``work`` on a worker thread. Cancelling the caller interrupts it and waits (bounded) for it to stop.
+
+        With ``budget_s``, work not started within it is dropped (SandboxBusy) and
+        ``control.deadline`` is the end of the budget; without, it waits for a worker however long.
+        """
+        return await self._submit(work, CallControl(budget_s=budget_s))
+
+    async def _submit(self, work: Callable[[CallControl], T], control: CallControl) -> T:
         if self._closed:
             raise CallCancelled
-        control = CallControl()
-        future = asyncio.wrap_future(self._pool.submit(self._tracked, work, control))
+        if control.deadline <= control.submitted:
+            raise ToolError("timeout", "the caller's deadline passed before the tool could start")
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            self._waiting.add(control)
         try:
-            return await asyncio.shield(future)
+            queued = self._pool.submit(self._tracked, work, control)
+        except RuntimeError:  # the pool shut down since the check above
+            with self._lock:
+                self._waiting.discard(control)
+            raise CallCancelled from None
+        queued.add_done_callback(lambda done: _deliver(loop, done, outcome))
+        timer = None
+        if control.deadline < math.inf:
+            timer = loop.call_later(control.deadline - time.monotonic(), self._on_deadline, control, queued, outcome)
+        try:
+            return await outcome
         except asyncio.CancelledError:
             control.cancel()
+            if outcome.done() and not outcome.cancelled():
+                outcome.exception()  # it ended as the caller was cancelled: retrieved, nobody reports it
+            if self._expire(control):  # never started: nothing to wait for
+                queued.cancel()
+                raise
+            future = asyncio.wrap_future(queued)
             await asyncio.wait({future}, timeout=CANCEL_TIMEOUT_S)
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: the caller is gone, and CallCancelled is expected
             else:
                 future.cancel()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _on_deadline(
+        self, control: CallControl, queued: concurrent.futures.Future[Any], outcome: asyncio.Future[Any]
+    ) -> None:
+        # On the event loop, at the end of the call's budget: a call still waiting for a worker never runs.
+        if not outcome.done() and self._expire(control):
+            queued.cancel()  # out of the pool's queue; a worker that has just taken it sees control.expired
+            outcome.set_exception(SandboxBusy(control.budget_ms, self._workers))
+
+    def _expire(self, control: CallControl) -> bool:
+        """Mark a call that has not started as one that never will; False if it has started."""
+        with self._lock:
+            if control.started is not None:
+                return False
+            self._waiting.discard(control)
+            control.expired = True
+            if control.finished is None:
+                control.finished = time.monotonic()
+            return True
 
     def _tracked(self, work: Callable[[CallControl], T], control: CallControl) -> T:
         with self._lock:
+            self._waiting.discard(control)
             if self._closed or control.cancelled:
                 raise CallCancelled
+            now = time.monotonic()
+            if control.expired or now >= control.deadline:  # too late: refused, not started late
+                control.expired = True
+                control.finished = control.finished or now
+                raise SandboxBusy(control.budget_ms, self._workers)
+            control.started = now
             self._running.add(control)
         try:
             return work(control)
         finally:
+            control.finished = time.monotonic()
             with self._lock:
                 self._running.discard(control)
 
