@@ -7,11 +7,11 @@ SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
 MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODELS_DIR)/embedder/all-minilm-l6-v2-int8/prepared.json
 
-.PHONY: setup build models run test test-twins check lint api-check typecheck bench clean redis-server node tools wasm-toolchain
+.PHONY: setup build models run test test-twins check lint api-check go-toolchain go-generated typecheck bench clean redis-server node tools wasm-toolchain
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/package-lock.json | node
+$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/package-lock.json | node go-toolchain
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# Build requirements first: the editable install below builds without isolation.
@@ -38,7 +38,26 @@ build: $(BUILD_STAMP)
 
 $(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/antiphon/native/*.pyx native/antiphon/native/*.pxd) setup.py
 	$(BIN)/python setup.py -q build_proto build_ext --inplace
+	# The Go client builds in GOPATH mode (no module proxy here): the repository linked into build/gopath.
+	mkdir -p $(dir $(GO_LINK)) && ln -sfn $(CURDIR) $(GO_LINK)
 	mkdir -p build && touch $@
+
+# Go: Debian's Go 1.19, grpc-go and protoc plugins (the explicit -1-5-dev: without it apt resolves the
+# protobuf 1.3 API and the client panics on its first message).
+GO_PACKAGES := protobuf-compiler golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+	golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
+GO_LINK := build/gopath/src/github.com/antiphon/antiphon
+
+go-toolchain:
+	@command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || { apt-get update -qq && \
+		apt-get install -y -qq $(GO_PACKAGES); }
+
+# The generated Go code is committed (`go get` never runs generators); this fails when it is stale.
+go-generated: go-toolchain
+	rm -rf build/go-gen && mkdir -p build/go-gen
+	protoc -I proto --go_out=build/go-gen --go-grpc_out=build/go-gen proto/antiphon/v1/*.proto
+	diff -r build/go-gen/github.com/antiphon/antiphon/clients/go/antiphonv1 clients/go/antiphonv1 || \
+		{ echo "clients/go/antiphonv1 is stale: regenerate with protoc -I proto --go_out=... (see clients/go/README.md)"; exit 1; }
 
 # WebAssembly tools: C sources in tools/ built with Debian's clang for wasm32-wasi.
 tools: wasm-toolchain
@@ -60,7 +79,7 @@ run: build models tools
 # voice path again on the pure-Python twins of the native modules.
 test: build models redis-server tools
 	ANTIPHON_REQUIRE_EXTENSIONS=1 ANTIPHON_REQUIRE_MODELS=1 ANTIPHON_REQUIRE_REDIS=1 ANTIPHON_REQUIRE_TOOLCHAIN=1 \
-		ANTIPHON_REQUIRE_TRITON=1 ANTIPHON_REQUIRE_NODE=1 ANTIPHON_REQUIRE_BUF=1 \
+		ANTIPHON_REQUIRE_TRITON=1 ANTIPHON_REQUIRE_NODE=1 ANTIPHON_REQUIRE_BUF=1 ANTIPHON_REQUIRE_CLIENTS=1 \
 		ANTIPHON_MODELS_DIR=$(MODELS_DIR) $(BIN)/pytest -q
 	$(MAKE) -s test-twins
 
@@ -84,7 +103,7 @@ lint: setup api-check
 
 # The public API: buf lint, and no breaking change against the last released API (proto/baseline.binpb).
 # After a release: cd proto && node_modules/.bin/buf build -o baseline.binpb
-api-check: setup
+api-check: setup go-generated
 	cd proto && node_modules/.bin/buf lint && node_modules/.bin/buf breaking --against baseline.binpb
 
 typecheck: build
