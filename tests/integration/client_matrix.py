@@ -109,10 +109,9 @@ def matrix_servers(scratch: Path) -> Iterator[MatrixServers]:
         "ANTIPHON_AUTH_KEYS_FILE": str(keys_file),
         "ANTIPHON_LIMITS_KEY_REQUESTS_PER_S": str(KEY_REQUESTS_PER_S),
     }
+    serve = [sys.executable, "-m", "antiphon.cli", "serve", "--port"]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "antiphon.cli", "serve", "--port", str(port)], env=env, cwd=REPO
-        )  # fmt: skip
+        subprocess.Popen([*serve, str(port)], env=env, cwd=REPO)
         for port, env in ((open_port, open_env), (secured_port, secured_env))
     ]
     try:
