@@ -61,6 +61,10 @@ from antiphon.redis_support import redis_client
 
 log = logging.getLogger(__name__)
 
+# How long a refused request stream may take to deliver its first message (a client that sends none
+# gets its status after this).
+FIRST_MESSAGE_WAIT_S = 0.5
+
 Behavior = Callable[..., Any]
 
 
@@ -180,7 +184,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             self._wrapped[method] = entry
         return entry[1]
 
-    async def _admit(self, context: grpc.aio.ServicerContext, method: str, stream_id: str | None) -> CallContext:
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, method: str, stream_id: str | None, requests: Any = None
+    ) -> CallContext:
         gw = self._gw
         tenant = ""
         try:
@@ -198,6 +204,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             gw.metrics.rejected.labels(tenant, _reason(exc)).inc()
             if isinstance(exc, Unavailable):
                 log.warning("gateway store unavailable for %s: %s", method, exc.message)
+            if requests is not None:
+                await _first_message_landed(requests)
             await abort_with(context, exc)
             raise  # unreachable: abort raises
         counter = self._admitted.get(tenant)
@@ -224,7 +232,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
 
         async def stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             stream_id = f"{self._instance}:{next(self._stream_ids)}"
-            call = await self._admit(context, method, stream_id)
+            call = await self._admit(context, method, stream_id, raw if request_streaming else None)
             requests = _DecodedRequests(raw, body) if request_streaming else None
             try:
                 if requests is not None:
@@ -274,7 +282,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             return response
 
         async def client_stream(raw: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = await self._admit(context, method, None)
+            call = await self._admit(context, method, None, raw)
             requests = _DecodedRequests(raw, body)
             try:
                 response = await inner(requests, context)
@@ -319,6 +327,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
                     "open a new stream to continue the session",
                 )
             yield message
+
+
+async def _first_message_landed(requests: AsyncIterator[Any]) -> None:
+    """Before refusing a request stream, let its first message land (never decoded): aborting while
+    it is in flight makes gRPC end the call, now and then, with INTERNAL "Internal error from Core"
+    on the client instead of the status sent (about 1 call in 600 under load)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(anext(aiter(requests), None), FIRST_MESSAGE_WAIT_S)
 
 
 def _no_decoding(raw: Any) -> Any:
