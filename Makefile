@@ -131,6 +131,7 @@ bench: build models tools redis-server
 	$(BIN)/python bench/bench_tts.py
 	$(BIN)/python bench/bench_voice.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_gateway.py
+	$(BIN)/python bench/bench_clients.py --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf build server/antiphon/v1 server/antiphon/native/*.so native/antiphon/native/*.c
