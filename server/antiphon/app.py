@@ -29,7 +29,13 @@ from antiphon.context.sessions import MemorySessionStore, SessionStore
 from antiphon.errors import Unavailable
 from antiphon.gateway.interceptor import build_gateway
 from antiphon.inference.llm import LLM
-from antiphon.preflight import REDIS_PING_TIMEOUT_S, StartupError, check_port_free, start_metrics
+from antiphon.preflight import (
+    REDIS_PING_TIMEOUT_S,
+    StartupError,
+    check_port_free,
+    redis_startup_error,
+    start_metrics,
+)
 from antiphon.telemetry.metrics import Metrics
 from antiphon.telemetry.tracing import setup_tracing
 from antiphon.tools.factory import build_tools
@@ -85,7 +91,7 @@ def build_session_store(settings: Settings) -> SessionStore:
     if c.sessions == "redis":
         from antiphon.context.redis_sessions import RedisSessionStore
 
-        return RedisSessionStore(c.redis_url, prefix=c.redis_prefix, ttl_s=c.session_ttl_s)
+        return RedisSessionStore(c, prefix=c.redis_prefix, ttl_s=c.session_ttl_s)
     return MemorySessionStore(ttl_s=c.session_ttl_s)
 
 
@@ -243,10 +249,7 @@ class App:
             why = exc.message if isinstance(exc, Unavailable) else f"no answer in {REDIS_PING_TIMEOUT_S:g} s"
             if c.sessions != "redis":
                 raise
-            raise StartupError(
-                f"context.redis_url: Redis at {c.redis_url} is unreachable ({why}); "
-                'start it, or set context.sessions = "memory"'
-            ) from None
+            raise await redis_startup_error(c, why) from None
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, drain streams up to the grace period, then cancel the rest."""

@@ -36,6 +36,15 @@ __all__ = [
 
 ENV_PREFIX = "ANTIPHON_"
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Field metadata: this list[str] may also be given as one comma-separated string (how the environment
+# writes a list). Other lists and tables stay TOML-only.
+ENV_COMMA_LIST = "comma_list"
+_HOST_PORT_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+def _host_port(address: str) -> bool:
+    match = _HOST_PORT_RE.match(address)
+    return match is not None and 1 <= int(match.group(1)) <= 65535
 
 
 @dataclass
@@ -126,6 +135,15 @@ class ContextSettings:
     session_ttl_s: int = 24 * 3600
     # Without Redis: where the memory indexes are saved at shutdown and loaded at start; "" keeps them in RAM only.
     memory_dir: str = "var/memory"
+    # Redis Sentinel ("host:port" each; comma-separated in the environment). When set, the sentinels
+    # name the master's address and redis_url gives only the database, username and password.
+    redis_sentinels: list[str] = field(default_factory=list, metadata={ENV_COMMA_LIST: True})
+    redis_master: str = "mymaster"  # the name the sentinels monitor the master under
+    redis_sentinel_password: str = ""  # the sentinels' own requirepass, if any
+    # A write is acknowledged only once this many replicas hold it (WAIT after each write); 0: as soon
+    # as the primary has it, so a primary that crashes may take its last writes along (async replication).
+    redis_min_replicas_ack: int = 0
+    redis_replica_ack_timeout_ms: int = 500  # past this the write fails UNAVAILABLE (it may still persist)
 
     def __post_init__(self) -> None:
         _require(self.sessions in ("memory", "redis"), "context.sessions", "must be memory or redis")
@@ -133,6 +151,24 @@ class ContextSettings:
             self.redis_url.startswith(("redis://", "rediss://", "unix://")),
             "context.redis_url",
             "must start with redis://, rediss:// or unix://",
+        )
+        for i, address in enumerate(self.redis_sentinels):
+            _require(_host_port(address), f"context.redis_sentinels[{i}]", f"must be host:port, got {address!r}")
+        _require(
+            not self.redis_sentinels or self.redis_url.startswith("redis://"),
+            "context.redis_url",
+            "must start with redis:// when context.redis_sentinels is set (no TLS or unix socket through sentinels)",
+        )
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.redis_master)),
+            "context.redis_master",
+            "1..64 of [A-Za-z0-9_.-]",
+        )
+        _require(0 <= self.redis_min_replicas_ack <= 16, "context.redis_min_replicas_ack", "must be 0..16")
+        _require(
+            10 <= self.redis_replica_ack_timeout_ms <= 1500,
+            "context.redis_replica_ack_timeout_ms",
+            "must be 10..1500 (below the 2 s Redis command timeout)",
         )
         _require(
             bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.redis_prefix)),
@@ -372,8 +408,14 @@ def _build_section(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    comma_lists = {f.name for f in dataclasses.fields(cls) if f.metadata.get(ENV_COMMA_LIST)}
+    raw = {k: _comma_list(v) if k in comma_lists and isinstance(v, str) else v for k, v in raw.items()}
     kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
     return cls(**kwargs)
+
+
+def _comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

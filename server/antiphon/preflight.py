@@ -6,9 +6,12 @@ import errno
 import socket
 from typing import Any
 
+from antiphon.config import ContextSettings
+from antiphon.redis_support import sentinel_problem
 from antiphon.telemetry.metrics import Metrics
 
 REDIS_PING_TIMEOUT_S = 5.0
+SENTINEL_TIMEOUT_S = 2.0
 
 _WHY = {
     errno.EADDRINUSE: "the address is in use",
@@ -48,6 +51,19 @@ def check_port_free(setting: str, host: str, port: int) -> None:
                     continue  # one family of several (localhost's ::1 without IPv6)
                 why = _WHY.get(exc.errno or 0, exc.strerror or str(exc))
                 raise StartupError(f"{setting}: cannot listen on {host}:{port}: {why} (set {setting})") from None
+
+
+async def redis_startup_error(c: ContextSettings, why: str) -> StartupError:
+    """Redis did not answer the start-up ping: say where it was looked for, and with sentinels what
+    they answered (none reachable, no such master, the master down or not answering)."""
+    fix = 'or set context.sessions = "memory"'
+    if not c.redis_sentinels:
+        return StartupError(f"context.redis_url: Redis at {c.redis_url} is unreachable ({why}); start it, {fix}")
+    problem = await sentinel_problem(c, SENTINEL_TIMEOUT_S)
+    if problem is None:
+        sentinels = ", ".join(c.redis_sentinels)
+        problem = f"the master {c.redis_master!r} that the sentinels ({sentinels}) name does not answer ({why})"
+    return StartupError(f"context.redis_sentinels: {problem}; start them or fix the setting, {fix}")
 
 
 def start_metrics(metrics: Metrics, host: str, port: int) -> Any:

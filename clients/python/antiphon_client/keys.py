@@ -55,7 +55,7 @@ def _store(settings: Settings) -> KeyStore:
 
     c = settings.context
     if c.sessions == "redis":
-        return RedisKeyStore(c.redis_url, prefix=c.redis_prefix, cache_ms=0)
+        return RedisKeyStore(c, prefix=c.redis_prefix, cache_ms=0)
     return FileKeyStore(settings.auth.keys_file)
 
 

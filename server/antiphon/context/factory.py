@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from antiphon.config import Settings
+from antiphon.config import ContextSettings, Settings
 from antiphon.context.documents import DocumentService
 from antiphon.context.memory import MemoryStore
 from antiphon.errors import Unavailable
@@ -41,9 +42,13 @@ async def open_documents(settings: Settings) -> DocumentService | None:
     else:
         embedder = OnnxEmbedder.from_models_dir(models)
     c = settings.context
-    client = None
-    if c.sessions == "redis":
-        # Binary-safe client: vectors are stored as raw float32 bytes.
-        client = redis_client(c.redis_url, max_connections=32, timeout_s=5.0, decode_responses=False)
     persist = Path(c.memory_dir) if c.memory_dir else None
-    return DocumentService(MemoryStore(), embedder, redis=client, prefix=c.redis_prefix, persist_dir=persist)
+    return DocumentService(MemoryStore(), embedder, redis=memory_redis(c), prefix=c.redis_prefix, persist_dir=persist)
+
+
+def memory_redis(c: ContextSettings) -> Any:
+    """The memory store's client where context.sessions = "redis", else None. Binary-safe: vectors
+    are stored as raw float32 bytes."""
+    if c.sessions != "redis":
+        return None
+    return redis_client(c, max_connections=32, timeout_s=5.0, decode_responses=False)

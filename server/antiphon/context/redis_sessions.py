@@ -19,6 +19,7 @@ import time
 
 from redis.exceptions import RedisError, WatchError
 
+from antiphon.config import ContextSettings
 from antiphon.context.derived import OPEN, Acl, from_json
 from antiphon.context.sessions import SessionRecord, SessionStore, TurnRecord, VersionConflict
 from antiphon.errors import Unavailable
@@ -57,7 +58,7 @@ def _turn(raw: str) -> TurnRecord:
 class RedisSessionStore(SessionStore):
     def __init__(
         self,
-        url: str,
+        where: str | ContextSettings,  # a redis:// URL, or [context] (sentinels, replica acknowledgement)
         *,
         prefix: str = "antiphon",
         ttl_s: int = 24 * 3600,
@@ -65,12 +66,12 @@ class RedisSessionStore(SessionStore):
         max_connections: int = 64,
         timeout_s: float = 2.0,
     ) -> None:
-        self._redis = redis_client(url, max_connections=max_connections, timeout_s=timeout_s)
+        self._redis = redis_client(where, max_connections=max_connections, timeout_s=timeout_s)
         self._prefix = prefix
         self._ttl_ms = int(ttl_s * 1000)
         self._lease_ms = int(lease_ttl_s * 1000)
         self._refreshers: dict[tuple[str, str, str], asyncio.Task[None]] = {}
-        self.url = url
+        self.url = where if isinstance(where, str) else where.redis_url
 
     def _key(self, tenant: str, session_id: str) -> str:
         return f"{self._prefix}:{tenant}:s:{session_id}"

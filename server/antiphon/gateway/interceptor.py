@@ -57,7 +57,7 @@ from antiphon.gateway.principal import EMBEDDED_PRINCIPAL, Principal
 from antiphon.gateway.rbac import DENIED, Policy
 from antiphon.gateway.redis_keys import RedisKeyStore
 from antiphon.gateway.usage import BUDGETED_METHODS, RESPONSE_METERS, MemoryLedger, Metering, RedisLedger
-from antiphon.redis_support import redis_client
+from antiphon.redis_support import close_redis, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class Gateway:
         await self.limiter.aclose()
         await self.keys.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
-            await self.redis.connection_pool.aclose()
+            await close_redis(self.redis)
             self.redis = None
 
     def principal_of(self, _context: grpc.aio.ServicerContext) -> Principal:
@@ -143,8 +142,8 @@ def build_gateway(settings: Settings, registry: CollectorRegistry) -> Gateway:
     keys: KeyStore
     limiter: Limiter
     if c.sessions == "redis":
-        redis = redis_client(c.redis_url)
-        keys = RedisKeyStore(c.redis_url, prefix=c.redis_prefix, cache_ms=settings.auth.key_cache_ms, client=redis)
+        redis = redis_client(c)
+        keys = RedisKeyStore(c, prefix=c.redis_prefix, cache_ms=settings.auth.key_cache_ms, client=redis)
         limiter = RedisLimiter(settings.limits, keys, redis, prefix=c.redis_prefix)
         ledger: MemoryLedger | RedisLedger = RedisLedger(redis, prefix=c.redis_prefix)
     else:

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from antiphon.config import ContextSettings
 from antiphon.gateway.keys import ApiKey, KeyStore, Quota
 from antiphon.redis_support import close_redis, redis_client, unavailable_on_redis_error
 
@@ -25,8 +26,10 @@ def tenant_key(prefix: str, tenant: str, suffix: str) -> str:
 
 
 class RedisKeyStore(KeyStore):
-    def __init__(self, url: str, *, prefix: str = "antiphon", cache_ms: int = 1000, client: Any = None) -> None:
-        self._redis = client if client is not None else redis_client(url)
+    def __init__(
+        self, where: str | ContextSettings, *, prefix: str = "antiphon", cache_ms: int = 1000, client: Any = None
+    ) -> None:
+        self._redis = client if client is not None else redis_client(where)
         self._owns_client = client is None
         self._prefix = prefix
         self._keys_hash = f"{prefix}:gw:keys"
