@@ -32,7 +32,9 @@ type ConversationClient interface {
 	//	                     not decode, bad audio, JSON over 1 MiB or 64 levels.
 	//	NOT_FOUND            unknown agent_profile; a session_id that belongs to
 	//	                     another principal (the same answer as a missing one).
-	//	FAILED_PRECONDITION  another stream is already open on this session.
+	//	FAILED_PRECONDITION  another stream is already open on this session; or,
+	//	                     mid-stream, another stream took the session over
+	//	                     (this worker had looked dead): do not reconnect.
 	//	RESOURCE_EXHAUSTED   server or tenant at its stream limit, a rate limit
 	//	                     (requests, LLM tokens, audio seconds) or the monthly
 	//	                     budget, or message too large. Limits and budgets send
@@ -47,7 +49,10 @@ type ConversationClient interface {
 	// A failure inside one turn is an error event and turn_end{REASON_ERROR};
 	// the stream goes on. Retry: safe on UNAVAILABLE and RESOURCE_EXHAUSTED
 	// (after RetryInfo's delay, or with backoff); a turn that already produced
-	// agent_text may be re-run by the retry.
+	// agent_text may be re-run by the retry. Reconnect with the same session_id
+	// on UNAVAILABLE or a reset stream (the SDKs do, with backoff): after a
+	// worker died, FAILED_PRECONDITION lasts until its heartbeat lapses (2 s),
+	// and session_started.lost_turn names the turn that died with it.
 	Converse(ctx context.Context, opts ...grpc.CallOption) (Conversation_ConverseClient, error)
 	// Send runs one text turn and streams its events, ending with turn_end.
 	// Status codes: as Converse. Retry: safe on UNAVAILABLE and
@@ -145,7 +150,9 @@ type ConversationServer interface {
 	//	                     not decode, bad audio, JSON over 1 MiB or 64 levels.
 	//	NOT_FOUND            unknown agent_profile; a session_id that belongs to
 	//	                     another principal (the same answer as a missing one).
-	//	FAILED_PRECONDITION  another stream is already open on this session.
+	//	FAILED_PRECONDITION  another stream is already open on this session; or,
+	//	                     mid-stream, another stream took the session over
+	//	                     (this worker had looked dead): do not reconnect.
 	//	RESOURCE_EXHAUSTED   server or tenant at its stream limit, a rate limit
 	//	                     (requests, LLM tokens, audio seconds) or the monthly
 	//	                     budget, or message too large. Limits and budgets send
@@ -160,7 +167,10 @@ type ConversationServer interface {
 	// A failure inside one turn is an error event and turn_end{REASON_ERROR};
 	// the stream goes on. Retry: safe on UNAVAILABLE and RESOURCE_EXHAUSTED
 	// (after RetryInfo's delay, or with backoff); a turn that already produced
-	// agent_text may be re-run by the retry.
+	// agent_text may be re-run by the retry. Reconnect with the same session_id
+	// on UNAVAILABLE or a reset stream (the SDKs do, with backoff): after a
+	// worker died, FAILED_PRECONDITION lasts until its heartbeat lapses (2 s),
+	// and session_started.lost_turn names the turn that died with it.
 	Converse(Conversation_ConverseServer) error
 	// Send runs one text turn and streams its events, ending with turn_end.
 	// Status codes: as Converse. Retry: safe on UNAVAILABLE and

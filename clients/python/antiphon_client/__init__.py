@@ -1,5 +1,7 @@
 """Python client for the Antiphon gRPC API."""
 
-from antiphon_client.client import AntiphonClient, Conversation, TurnResult
+from antiphon_client.client import AntiphonClient, Conversation
+from antiphon_client.result import TurnResult
+from antiphon_client.resume import Reconnect, ResumingConversation, TurnLost
 
-__all__ = ["AntiphonClient", "Conversation", "TurnResult"]
+__all__ = ["AntiphonClient", "Conversation", "Reconnect", "ResumingConversation", "TurnLost", "TurnResult"]

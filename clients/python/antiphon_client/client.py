@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 
 import grpc
@@ -13,16 +12,8 @@ import grpc
 from antiphon.v1 import conversation_pb2 as cpb
 from antiphon.v1 import conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
-
-
-@dataclass
-class TurnResult:
-    """A finished turn, assembled from its events."""
-
-    turn_id: str = ""
-    text: str = ""
-    turn_end: pb.TurnEnd | None = None
-    errors: list[pb.Error] = field(default_factory=list)
+from antiphon_client.result import TurnResult
+from antiphon_client.resume import Opened, Reconnect, ResumingConversation
 
 
 def auth_metadata(api_key: str | None = None, token: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -94,21 +85,37 @@ class AntiphonClient:
         generation: pb.GenerationOptions | None = None,
     ) -> Conversation:
         """Open a Converse stream; returns once the server has started the session."""
-        conv = Conversation(self._stub.Converse(metadata=self._metadata))
-        await conv._call.write(
-            pb.ClientEvent(
-                session_config=pb.SessionConfig(
-                    session_id=session_id, agent_profile=agent_profile, generation=generation
-                )
-            )
-        )
-        first = await conv._call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("event") != "session_started":
-            await conv._call.code()  # raises nothing; surfaces the status below
-            raise ConnectionError(f"session did not start: {await conv._call.details()}")
-        conv.session_id = first.session_started.session_id
-        conv.started = first.session_started
+        call, started = await self._open(session_id, agent_profile, generation)
+        conv = Conversation(call)
+        conv.session_id, conv.started = started.session_id, started
         return conv
+
+    async def resuming_conversation(
+        self,
+        *,
+        session_id: str = "",
+        agent_profile: str = "",
+        generation: pb.GenerationOptions | None = None,
+        reconnect: Reconnect | None = None,
+    ) -> ResumingConversation:
+        """A conversation that reconnects with the same session id when its worker drains or dies
+        (antiphon_client.resume); FAILED_PRECONDITION if another live stream holds the session."""
+
+        def open_stream(sid: str) -> Awaitable[Opened]:
+            return self._open(sid, agent_profile, generation)
+
+        conv = ResumingConversation(open_stream, reconnect or Reconnect())
+        conv.session_id = session_id
+        return await conv.start()
+
+    async def _open(self, session_id: str, agent_profile: str, generation: pb.GenerationOptions | None) -> Opened:
+        call = self._stub.Converse(metadata=self._metadata)
+        config = pb.SessionConfig(session_id=session_id, agent_profile=agent_profile, generation=generation)
+        await call.write(pb.ClientEvent(session_config=config))
+        first = await call.read()  # a refused session raises its status here
+        if first is grpc.aio.EOF or first.WhichOneof("event") != "session_started":
+            raise ConnectionError(f"session did not start: {await call.details()}")
+        return call, first.session_started
 
 
 class Conversation:

@@ -111,6 +111,7 @@ class TurnState:
     heard_text: str | None = None
     interrupted: bool = False
     voice: Any = None  # the stream's per-turn voice timings (antiphon.voice.timing.VoiceTiming)
+    lease: str = ""  # the stream's lease owner: the turn is recorded only while it holds the session
 
     @property
     def text(self) -> str:
@@ -282,6 +283,7 @@ class TurnRunner:
             state.session_id,
             [TurnRecord("user", state.user_text), TurnRecord("assistant", state.kept_text, acl=state.acl)],
             state.principal.subject,
+            lease=state.lease,
         )
 
     def observe(self, state: TurnState, reason: str) -> None:

@@ -95,6 +95,7 @@ class StreamSession:
         self._running_speculation: Speculation | None = None  # the running turn's, until it ends
         self._carry = ""  # a spoken turn cut off before any of its answer was heard
         self._interrupted: pb.Interrupted | None = None
+        self._lost: asyncio.Task[None] | None = None  # ending the stream after its lease was taken over
 
     async def start(
         self,
@@ -121,7 +122,8 @@ class StreamSession:
         existing = await sessions.get(tenant, self.session_id) if session_id else None
         if existing is not None:
             require_use(self._principal, existing, self.session_id)
-        if not await sessions.acquire(tenant, self.session_id, self._owner):
+        lease = await sessions.acquire(tenant, self.session_id, self._owner, on_lost=self._lease_lost)
+        if lease is None:
             raise FailedPrecondition(
                 f"session_id: session {self.session_id!r} is already open on another stream; "
                 "close that stream first or use another session id"
@@ -136,6 +138,7 @@ class StreamSession:
                 agent_profile=self._profile.name,
                 generation=generation_message(self._options),
                 history_turns=len(record.turns),
+                lost_turn=lease.lost_turn,
             )
         )
 
@@ -291,6 +294,27 @@ class StreamSession:
             self._leased = False
             await self._svc.sessions.release(self._principal.tenant, self.session_id, self._owner)
 
+    async def _note_turn(self, text: str | None) -> None:
+        """The turn in flight, noted in the store (best effort: it only lets a stream that takes
+        over after a crash report the turn as lost)."""
+        sessions, tenant = self._svc.sessions, self._principal.tenant
+        try:
+            if text is None:
+                await sessions.end_turn(tenant, self.session_id, self._owner)
+            else:
+                await sessions.begin_turn(tenant, self.session_id, self._owner, text)
+        except AntiphonError as exc:
+            log.warning("could not note the turn in flight: %s", exc.message)
+
+    def _lease_lost(self) -> None:
+        """Another stream took the session over (this worker looked dead to the others): this stream
+        ends at once, so two streams never answer in one session; its turn cannot be recorded."""
+        self._leased = False
+        exc = FailedPrecondition(
+            f"session_id: session {self.session_id!r} was resumed on another stream; this stream has ended"
+        )
+        self._lost = asyncio.get_running_loop().create_task(self.fail(exc), name=f"lease-lost:{self.session_id}")
+
     async def _work(self) -> None:
         while self._pending:
             await self._run_turn(self._pending.popleft())
@@ -299,7 +323,7 @@ class StreamSession:
 
     async def _run_turn(self, turn: TurnInput) -> None:
         state = TurnState(self.session_id, self._profile, self._options, turn.text, principal=self._principal)
-        state.voice = turn.voice
+        state.voice, state.lease = turn.voice, self._owner
         turn_id_var.set(state.turn_id)
         spec = self._running_speculation = turn.speculation
         if spec is not None:
@@ -310,10 +334,12 @@ class StreamSession:
         self._interrupted = None
         self._turn = asyncio.create_task(self._svc.runner.run(state, sink), name=f"turn:{state.turn_id}")
         try:
+            await self._note_turn(turn.text)  # while the turn starts: no round trip before its first token
             await asyncio.wait([self._turn])
         except asyncio.CancelledError:  # the stream is closing: the turn and its speech go with it
             await cancel_and_wait(self._turn, speaker.task if speaker is not None else None)
             raise
+        await self._note_turn(None)
         self._current = None
         self._running_speculation = None
         if self.voice is not None:

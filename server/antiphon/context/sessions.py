@@ -6,7 +6,9 @@ its subject). A turn derived from restricted documents carries their ACL
 (context/derived.py), as does a summary that absorbed such a turn; readers
 without those labels never see them (api/context.py, context/builder.py).
 Only one stream may hold a session at a time (a lease),
-so two streams never interleave their turns. Writers that rewrite history
+so two streams never interleave their turns; a lease whose worker died is taken
+over (the Redis store: worker heartbeats), and the turn that was in flight there
+is reported as lost, never re-run or half recorded. Writers that rewrite history
 (the summariser) use the version for optimistic concurrency. The Redis store
 (redis_sessions.py) implements the same interface for several workers.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +61,14 @@ class SessionRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A taken lease. ``lost_turn``: the input of the turn a dead worker was answering when it died
+    (recorded neither there nor here, and not re-run): the stream tells its client."""
+
+    lost_turn: str = ""
+
+
 class VersionConflict(Exception):
     """The session changed since it was read; re-read and try again."""
 
@@ -71,9 +82,13 @@ class SessionStore(abc.ABC):
         """Return the existing session (whoever owns it) or a new empty one owned by ``owner``."""
 
     @abc.abstractmethod
-    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str) -> int:
+    async def append_turns(
+        self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str, lease: str = ""
+    ) -> int:
         """Append turns atomically (a user turn and its answer land together); returns the new version.
-        A session that expired meanwhile starts afresh, owned by ``owner``."""
+        A session that expired meanwhile starts afresh, owned by ``owner``. With ``lease`` (the
+        stream's lease owner) nothing is written unless that stream still holds the lease
+        (FailedPrecondition): a stream whose session was taken over cannot write into it."""
 
     @abc.abstractmethod
     async def compact(
@@ -93,11 +108,23 @@ class SessionStore(abc.ABC):
     async def delete(self, tenant: str, session_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def acquire(self, tenant: str, session_id: str, owner: str) -> bool:
-        """Take the session's lease; False if another stream holds it."""
+    async def acquire(
+        self, tenant: str, session_id: str, owner: str, on_lost: Callable[[], None] | None = None
+    ) -> Lease | None:
+        """Take the session's lease; None if another live stream holds it. ``on_lost`` is called
+        if the lease is later found taken over (this worker was presumed dead)."""
 
     @abc.abstractmethod
-    async def release(self, tenant: str, session_id: str, owner: str) -> None: ...
+    async def release(self, tenant: str, session_id: str, owner: str) -> None:
+        """Give the lease back, and forget the turn in flight (it ended, or its stream did)."""
+
+    async def begin_turn(self, tenant: str, session_id: str, owner: str, user_text: str) -> None:
+        """Note the turn in flight, so that a stream taking over after a crash can report it lost."""
+        return
+
+    async def end_turn(self, tenant: str, session_id: str, owner: str) -> None:
+        """The turn ended (recorded or not): nothing is in flight."""
+        return
 
     async def ping(self) -> None:
         """Raise Unavailable if the store cannot be reached."""
@@ -138,7 +165,10 @@ class MemorySessionStore(SessionStore):
                 self._sessions[key] = (record, time.monotonic())
             return record.copy()
 
-    async def append_turns(self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str) -> int:
+    async def append_turns(
+        self, tenant: str, session_id: str, turns: list[TurnRecord], owner: str, lease: str = ""
+    ) -> int:
+        # In one process a lease is never taken over: there is nothing to fence.
         async with self._lock:
             record = self._live((tenant, session_id))
             if record is None:  # expired (or deleted) while its stream was open: start afresh
@@ -174,9 +204,11 @@ class MemorySessionStore(SessionStore):
         async with self._lock:
             return self._sessions.pop((tenant, session_id), None) is not None
 
-    async def acquire(self, tenant: str, session_id: str, owner: str) -> bool:
+    async def acquire(
+        self, tenant: str, session_id: str, owner: str, on_lost: Callable[[], None] | None = None
+    ) -> Lease | None:
         holder = self._leases.setdefault((tenant, session_id), owner)
-        return holder == owner
+        return Lease() if holder == owner else None
 
     async def release(self, tenant: str, session_id: str, owner: str) -> None:
         if self._leases.get((tenant, session_id)) == owner:
