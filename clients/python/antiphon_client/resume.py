@@ -187,11 +187,14 @@ class ResumingConversation:
     async def turn(self, text: str) -> TurnResult:
         """Say something and collect its answer; `TurnLost` if the stream broke before its turn_end."""
         await self.say(text)
+        sent_on = self.reconnects  # a resume before or while sending carried the text to the new stream
         result = TurnResult()
         parts: list[str] = []
         async for event in self.events():
             kind = event.WhichOneof("event")
-            if kind == "session_started":  # a resumed stream: this turn's answer will not come
+            if kind == "session_started" and self.reconnects == sent_on:
+                continue
+            if kind == "session_started":  # resumed after the text was sent: its answer will not come
                 lost = event.session_started.lost_turn  # the server keeps its first 2000 characters
                 self.unanswered.clear()
                 raise TurnLost(text, reported=bool(lost) and text.startswith(lost))
