@@ -138,6 +138,7 @@ bench: build models tools redis-server
 	$(BIN)/python bench/bench_tools.py
 	$(BIN)/python bench/bench_triton.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_envoy.py --models-dir $(MODELS_DIR)
 	$(BIN)/python bench/bench_vad.py
 	$(BIN)/python bench/bench_voice_ingest.py
 	$(BIN)/python bench/bench_voice_streams.py

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -24,3 +26,23 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | None, timeout_s: float 
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.debug("task %s ended with %r while cancelled", task.get_name(), task.exception())
+
+
+# Teardown tasks still running after their caller was cancelled: held here so none is collected.
+_UNWINDING: set[asyncio.Task[None]] = set()
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    _UNWINDING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("teardown %s failed: %r", task.get_name(), task.exception())
+
+
+async def unwind(teardown: Coroutine[Any, Any, None], name: str = "teardown") -> None:
+    """Run a teardown to its end even when the caller is cancelled meanwhile: a stream whose client
+    went away is cancelled, often more than once, and must still give back what it holds (its
+    session lease) instead of leaving it to expire. The caller's cancellation still propagates."""
+    task = asyncio.create_task(teardown, name=name)
+    _UNWINDING.add(task)
+    task.add_done_callback(_settled)
+    await asyncio.shield(task)

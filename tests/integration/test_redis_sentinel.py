@@ -243,6 +243,10 @@ async def test_startup_says_what_the_sentinels_answered(topology: SentinelTopolo
         await App(_settings(topology, "x"), llm=FakeLLM()).start()
 
 
+# Long enough for a healthy replica on a machine with both cores busy (100 ms was not, in CI).
+ACK_MS = 1000
+
+
 async def test_writes_no_replica_confirms_are_not_acknowledged(tmp_path: Path) -> None:
     """redis_min_replicas_ack = 1: with the replica stalled, a write fails UNAVAILABLE instead of
     being acknowledged on the primary alone (a failover would lose it); once it catches up, writes
@@ -252,18 +256,19 @@ async def test_writes_no_replica_confirms_are_not_acknowledged(tmp_path: Path) -
     replica = RedisServer(tmp_path / "replica", replica_of=primary.port)
     replica.start()
     c = ContextSettings(
-        sessions="redis", redis_url=primary.url, redis_min_replicas_ack=1, redis_replica_ack_timeout_ms=100
+        sessions="redis", redis_url=primary.url, redis_min_replicas_ack=1, redis_replica_ack_timeout_ms=ACK_MS
     )
     store = RedisSessionStore(c, prefix="ack")
     try:
         await eventually(lambda: _info(replica.port, "replication")["master_link_status"] == "up")
+        await eventually(lambda: _info(primary.port, "replication").get("slave0", {}).get("state") == "online")
         await store.append_turns("t", "s", [TurnRecord("user", "first")], "me")
         assert replica.proc is not None
         replica.proc.send_signal(signal.SIGSTOP)
         t0 = time.perf_counter()
         with pytest.raises(Unavailable, match="session store"):
             await store.append_turns("t", "s", [TurnRecord("user", "unconfirmed")], "me")
-        assert time.perf_counter() - t0 >= 0.1  # it waited for the replica, up to the timeout
+        assert time.perf_counter() - t0 >= ACK_MS / 1000  # it waited for the replica, up to the timeout
         replica.proc.send_signal(signal.SIGCONT)
         await store.append_turns("t", "s", [TurnRecord("user", "second")], "me")
         record = await store.get("t", "s")

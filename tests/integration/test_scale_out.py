@@ -189,17 +189,36 @@ async def test_streams_spread_over_every_worker(cluster: Cluster) -> None:
     await eventually(lambda: not cluster.leases("spread-*"), message=lambda: str(cluster.leases("spread-*")))
 
 
-async def test_a_quiet_stream_outlives_envoys_default_route_timeout(cluster: Cluster) -> None:
-    # Envoy's default route timeout (15 s) would end a stream at exactly 15.0 s, however busy.
+async def test_long_streams_outlive_envoys_default_route_timeout(cluster: Cluster) -> None:
+    """Envoy's default route timeout (15 s) would end any stream at exactly 15.0 s. A quiet Converse
+    and a Send whose answer takes more than 15 s (its worker is paused mid-answer) both go on."""
     async with _client(cluster) as client:
         conv = await client.conversation(session_id="quiet", generation=SHORT)
         opened = time.monotonic()
-        await asyncio.sleep(16.0)  # the stream's age is what is tested; no outcome waits on it
+        before = {w.port: w.active_streams() for w in cluster.live()}
+        events = aiter(client.send(STORY, session_id="long-send", generation=LONG))
+        kinds: list[str | None] = [(await anext(events)).WhichOneof("event")]
+        while kinds[-1] != "agent_text":
+            kinds.append((await anext(events)).WhichOneof("event"))
+        (sender,) = [w for w in cluster.live() if w.active_streams() > before[w.port]]
+        sender.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(16.0)  # the streams' age is what is tested; no outcome waits on it
+        finally:
+            sender.proc.send_signal(signal.SIGCONT)
+        async for event in events:
+            kinds.append(event.WhichOneof("event"))
+            assert event.WhichOneof("event") != "error", event
+        assert kinds[-1] == "turn_end", kinds[-3:]
         result = await conv.turn("Are you still there?")
         assert time.monotonic() - opened > 15.0
         assert result.errors == []
         assert result.turn_end is not None
         await conv.end()
+    # The paused worker is back in rotation before the next test counts on it.
+    envoy = cluster.envoy
+    assert envoy is not None
+    await eventually(lambda: len(envoy.healthy_hosts()) == 3, message=lambda: str(envoy.healthy_hosts()))
 
 
 async def test_drain_finishes_the_turn_and_the_session_moves(cluster: Cluster) -> None:

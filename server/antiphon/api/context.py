@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import grpc
 
+from antiphon.aio import unwind
 from antiphon.api.boundary import guard_unary
 from antiphon.api.session_access import may_delete, not_found, require_use
 from antiphon.config import SESSION_ID_RE
@@ -132,8 +133,8 @@ class ContextServicer(context_pb2_grpc.ContextServicer):
                 )
             try:
                 deleted = await self._sessions.delete(principal.tenant, request.session_id)
-            finally:
-                await self._sessions.release(principal.tenant, request.session_id, owner)
+            finally:  # a caller that gives up must not leave the session locked for the lease's TTL
+                await unwind(self._sessions.release(principal.tenant, request.session_id, owner), name="release")
             if not deleted:
                 raise not_found(request.session_id)
             return pb.DeleteSessionResponse()

@@ -9,7 +9,7 @@ from typing import Literal
 
 import grpc
 
-from antiphon.aio import cancel_and_wait
+from antiphon.aio import cancel_and_wait, unwind
 from antiphon.api.boundary import guard_stream
 from antiphon.api.stream_session import Services, StreamSession
 from antiphon.api.streams import StreamRegistry
@@ -85,8 +85,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
                 if self._streams.draining.is_set():
                     raise Unavailable("the server is shutting down; reconnect to continue this session")
             finally:
-                await cancel_and_wait(reader)
-                await session.close()
+                await unwind(self._teardown(reader, session), name=f"teardown:{session.session_id}")
+
+    @staticmethod
+    async def _teardown(reader: asyncio.Task[None] | None, session: StreamSession) -> None:
+        await cancel_and_wait(reader)
+        await session.close()
 
     def _voice_channel(self, session: StreamSession, config: pb.SessionConfig) -> VoiceChannel:
         engines = self._svc.voice
@@ -145,4 +149,4 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServicer):
                 while (event := await session.out.get()) is not None:
                     yield event
             finally:
-                await session.close()
+                await unwind(session.close(), name=f"teardown:{session.session_id}")
