@@ -33,6 +33,7 @@ export * as tools from "./gen/antiphon/v1/tools_pb.js";
 export { RetryInfoSchema, type RetryInfo } from "./gen/google/rpc/error_details_pb.js";
 export { HealthCheckResponse_ServingStatus as ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+export * from "./resume.js";
 
 export interface ConnectOptions {
   /** Sent as `x-api-key`. */
