@@ -6,6 +6,7 @@ package antiphon_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -115,6 +116,16 @@ type turn struct {
 	final, text string
 	audioBytes  int
 	reason      pb.TurnEnd_Reason
+	events      []string // the kinds of event seen, in order, for a failure's message
+}
+
+func (got turn) String() string {
+	return fmt.Sprintf("answer %q with %d bytes of audio, %v, events %v", got.text, got.audioBytes, got.reason, got.events)
+}
+
+// eventKind names a server event's oneof case, as the proto does ("agent_text").
+func eventKind(event *pb.ServerEvent) string {
+	return string(event.ProtoReflect().WhichOneof(event.ProtoReflect().Descriptor().Oneofs().ByName("event")).Name())
 }
 
 // collect reads events until the first turn_end.
@@ -125,7 +136,13 @@ func collect(t *testing.T, conv *antiphon.Conversation) turn {
 		select {
 		case event, ok := <-conv.Events:
 			if !ok {
-				t.Fatalf("the stream ended before a turn_end: %v", conv.Err())
+				t.Fatalf("the stream ended before a turn_end: %v (%v)", conv.Err(), got)
+			}
+			if kind := eventKind(event); len(got.events) == 0 || got.events[len(got.events)-1] != kind {
+				got.events = append(got.events, kind) // a run of one kind is listed once
+			}
+			if e := event.GetError(); e != nil {
+				got.events = append(got.events, e.Message)
 			}
 			if tr := event.GetTranscript(); tr != nil && tr.IsFinal {
 				got.final = tr.Text
@@ -141,7 +158,7 @@ func collect(t *testing.T, conv *antiphon.Conversation) turn {
 				return got
 			}
 		case <-timeout:
-			t.Fatal("no turn_end within the bound")
+			t.Fatalf("no turn_end within the bound (%v)", got)
 		}
 	}
 }
@@ -158,7 +175,7 @@ func TestTextInAudioOut(t *testing.T) {
 	for range conv.Events {
 	}
 	if got.audioBytes == 0 || got.text == "" {
-		t.Fatalf("answer %q with %d bytes of audio", got.text, got.audioBytes)
+		t.Fatalf("%v", got)
 	}
 	if err := conv.Err(); err != nil {
 		t.Fatal(err)
@@ -209,11 +226,11 @@ func TestAudioInAudioOut(t *testing.T) {
 	heard := strings.Join(words, " ")
 	for _, word := range strings.Fields(env(t, "ANTIPHON_SPEECH_WORDS")) {
 		if !strings.Contains(" "+heard+" ", " "+word+" ") {
-			t.Fatalf("final transcript %q lacks %q", got.final, word)
+			t.Fatalf("final transcript %q lacks %q (%v)", got.final, word, got)
 		}
 	}
 	if got.audioBytes == 0 {
-		t.Fatal("no spoken answer")
+		t.Fatalf("no spoken answer: %v", got)
 	}
 }
 
