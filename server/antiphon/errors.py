@@ -6,7 +6,12 @@ so every servicer reports the same problem with the same status code.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs shipped
 
 
 class AntiphonError(Exception):
@@ -14,6 +19,7 @@ class AntiphonError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     retryable: bool = False
+    retry_after_s: float | None = None  # when set, the status tells the client when to retry
 
     def __init__(self, message: str, *, retryable: bool | None = None) -> None:
         super().__init__(message)
@@ -97,3 +103,24 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AntiphonError):
         return exc.code, cap_message(exc.message)
     return grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+
+
+Trailers = tuple[tuple[str, Any], ...]
+
+
+def retry_trailers(code: grpc.StatusCode, message: str, retry_after_s: float) -> Trailers:
+    """Trailing metadata telling a client when to retry: google.rpc.RetryInfo, and retry-after-ms."""
+    ms = max(1, math.ceil(retry_after_s * 1000))
+    status = status_pb2.Status(code=code.value[0], message=message)
+    delay = Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return (("grpc-status-details-bin", status.SerializeToString()), ("retry-after-ms", str(ms)))
+
+
+def rpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str, Trailers]:
+    """What a call that failed with ``exc`` ends with: code, message and trailers. The one mapping
+    that the API boundary and the gateway's interceptor both use."""
+    code, message = status_of(exc)
+    retry_after_s = exc.retry_after_s if isinstance(exc, AntiphonError) else None
+    trailers = retry_trailers(code, message, retry_after_s) if retry_after_s is not None else ()
+    return code, message, trailers

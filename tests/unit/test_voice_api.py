@@ -19,6 +19,7 @@ from antiphon.voice.engines import VoiceEngines
 from tests.conftest import RunningServer, test_settings
 from tests.eventually import eventually
 from tests.fakes import FakeLLM
+from tests.unit.test_gateway_support import retry_delays_ms
 from tests.voice_fakes import ScriptedSTT, ToneTTS, chunks, fake_engines, silence, tone
 
 PCM16K = pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)
@@ -303,8 +304,11 @@ async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(
                 assert await c.call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             with pytest.raises(asyncio.InvalidStateError):  # writes fail once the server has ended the stream
                 await c.send(silence(100), ms=100)
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await c._reader
+            # The same retry advice as a refused call's: RetryInfo and retry-after-ms.
+            delay_ms, after_ms = retry_delays_ms(ended.value)
+            assert delay_ms == after_ms > 0
             usage = await app.gateway.metering.report("default", app.gateway.metering._period())
             assert usage.usage.stt_seconds == pytest.approx(2)
     finally:

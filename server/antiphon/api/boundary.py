@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import grpc
 
-from antiphon.errors import AntiphonError, status_of
+from antiphon.errors import AntiphonError, rpc_status
 from antiphon.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -17,11 +17,11 @@ T = TypeVar("T")
 
 
 async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str, metrics: Metrics) -> None:
-    code, message = status_of(exc)
+    code, message, trailers = rpc_status(exc)
     if not isinstance(exc, AntiphonError):
         log.error("%s failed", method, exc_info=exc)
     metrics.rpc_errors.labels(method, code.name).inc()
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=trailers)
 
 
 async def guard_stream(

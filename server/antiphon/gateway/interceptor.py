@@ -28,25 +28,23 @@ import contextlib
 import inspect
 import itertools
 import logging
-import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no stubs shipped
 from prometheus_client import CollectorRegistry
 
 from antiphon.config import Settings
 from antiphon.errors import (
     AntiphonError,
+    DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
-    status_of,
+    rpc_status,
 )
 from antiphon.gateway.auth import Authenticator, Unauthenticated
 from antiphon.gateway.context import CallContext, current_call, set_call
@@ -68,15 +66,6 @@ FIRST_MESSAGE_WAIT_S = 0.5
 Behavior = Callable[..., Any]
 
 
-def retry_trailers(code: grpc.StatusCode, message: str, retry_after_s: float) -> tuple[tuple[str, Any], ...]:
-    """Trailing metadata telling a client when to retry: google.rpc.RetryInfo, and retry-after-ms."""
-    ms = max(1, math.ceil(retry_after_s * 1000))
-    status = status_pb2.Status(code=code.value[0], message=message)
-    delay = Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000)
-    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    return (("grpc-status-details-bin", status.SerializeToString()), ("retry-after-ms", str(ms)))
-
-
 def _reason(exc: AntiphonError) -> str:
     if isinstance(exc, Unauthenticated):
         return "unauthenticated"
@@ -91,9 +80,7 @@ def _reason(exc: AntiphonError) -> str:
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: AntiphonError) -> None:
     """End the call with the error's status (and retry trailers when it has a retry delay)."""
-    code, message = status_of(exc)
-    retry_after_s: float | None = getattr(exc, "retry_after_s", None)
-    trailers = retry_trailers(code, message, retry_after_s) if retry_after_s is not None else ()
+    code, message, trailers = rpc_status(exc)
     await context.abort(code, message, trailing_metadata=trailers)
 
 
@@ -320,10 +307,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
             except TimeoutError:
                 if not timeout.expired():
                     raise
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the stream reached the server's limit of {self._max_stream_s:g} s (limits.max_stream_s); "
-                    "open a new stream to continue the session",
+                await abort_with(
+                    context,
+                    DeadlineExceeded(
+                        f"the stream reached the server's limit of {self._max_stream_s:g} s (limits.max_stream_s); "
+                        "open a new stream to continue the session"
+                    ),
                 )
             yield message
 

@@ -44,6 +44,8 @@ _LABELS: dict[str, str] = {
 class RateLimited(ResourceExhausted):
     """Over a rate limit; ``retry_after_s`` is when the same call would pass."""
 
+    retry_after_s: float
+
     def __init__(self, limit: str, scope: str, retry_after_s: float) -> None:
         self.limit = limit
         self.scope = scope
