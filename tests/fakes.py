@@ -159,3 +159,6 @@ class RecordingSink:
 
     async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
         return ToolOutcome(call.call_id, True, output_json=self.answers.get(call.name, "{}"))
+
+    async def confirmed(self) -> None:
+        return None

@@ -4,14 +4,17 @@ real codecs, framing, stage-1 VAD, endpointer, pacing and barge-in."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import numpy as np
 import pytest
 
+from antiphon.agent.tooling import ToolCallInfo, ToolOutcome
+from antiphon.api.stream_session import StreamSession
 from antiphon.app import App
 from antiphon.gateway.limits import MemoryLimiter
+from antiphon.inference.llm import ChatMessage, SamplingOptions
 from antiphon.native import g711
 from antiphon.v1 import conversation_pb2_grpc
 from antiphon.v1 import events_pb2 as pb
@@ -283,6 +286,39 @@ async def test_speaking_on_after_a_pause_drops_the_early_answer_without_a_trace(
     assert len(finals) == 1
     history = fake_llm.prompts[-1]
     assert [m.role for m in history[1:]] == ["user"]  # the dropped turn left no history
+
+
+async def test_an_early_answer_runs_no_tool_before_its_turn_is_confirmed(
+    voice_server: RunningServer, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decisions = ['{"tool": "lookup", "arguments": {}}'] * 2  # the early answer's, then the real turn's
+
+    def respond(_messages: Sequence[ChatMessage], options: SamplingOptions) -> list[str] | None:
+        if options.json_schema is not None:
+            return [decisions.pop(0) if decisions else '{"tool": "answer"}']
+        return ["Done", "."]
+
+    fake_llm.responder = respond
+    asked: list[str] = []
+    ask_client = StreamSession.ask_client
+
+    async def spy(self: StreamSession, call: ToolCallInfo) -> ToolOutcome:
+        asked.append(call.call_id)
+        return await ask_client(self, call)
+
+    monkeypatch.setattr(StreamSession, "ask_client", spy)
+    c = _Call(voice_server, input_audio=PCM16K, client_tools=[pb.ClientTool(name="lookup", description="Looks up.")])
+    await c.open()
+    await c.send(np.concatenate([tone(800), silence(300)]))  # a pause: the early answer starts
+    await eventually(lambda: len(decisions) == 1, timeout_s=WAIT_S, message="the early answer never chose its tool")
+    await c.send(np.concatenate([tone(600), silence(700)]))  # the user spoke on: it is dropped
+    call = await c.until("tool_call")
+    await c.call.write(pb.ClientEvent(tool_result=pb.ToolResult(call_id=call.tool_call.call_id, output_json="{}")))
+    await c.until("turn_end")
+    await c.close()
+    assert asked == [call.tool_call.call_id]  # the dropped answer's tool was never run
+    assert [e.tool_call.call_id for e in c.seen if e.HasField("tool_call")] == asked
+    assert len({e.turn_id for e in c.seen if e.turn_id}) == 1
 
 
 async def test_audio_is_metered_and_its_rate_limit_ends_the_stream(

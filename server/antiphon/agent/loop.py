@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from antiphon.agent.tooling import AgentTool, ToolCallInfo, ToolOutcome, new_call_id
@@ -116,8 +116,13 @@ class AgentLoop:
         events: AgentEvents,
         options: SamplingOptions,
         stats: GenerationStats,
+        *,
+        may_act: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._llm = llm
+        # Returns once the turn's tools may run: a turn started before the user's turn was confirmed
+        # runs no tool (server or client) until it is.
+        self._may_act = may_act
         self._tools = {t.name: t for t in tools}
         self._events = events
         self._options = options
@@ -171,6 +176,8 @@ class AgentLoop:
             span.set_attribute("gen_ai.tool.name", name)
             span.set_attribute("gen_ai.tool.call.id", call.call_id)
             await self._events.tool_call(call)
+            if self._may_act is not None:
+                await self._may_act()
             outcome = await tool.call(call)
             span.set_attribute("antiphon.tool.ok", outcome.ok)
             if outcome.queue_ms or outcome.run_ms:  # the call reached the sandbox

@@ -48,6 +48,9 @@ class TurnSink(Protocol):
     async def tool_call(self, call: ToolCallInfo) -> None: ...
     async def tool_result(self, outcome: ToolOutcome) -> None: ...
     async def ask_client(self, call: ToolCallInfo) -> ToolOutcome: ...
+    async def confirmed(self) -> None:
+        """Returns once the turn may act (run tools): at once, or when a speculative turn is confirmed."""
+        ...
 
 
 class _TurnEvents:
@@ -201,7 +204,7 @@ class TurnRunner:
                 with t.start_as_current_span(f"chat {model}") as chat:
                     _request_attributes(chat, provider, model, state.options)
                     tools = self.agent_tools(state.profile, state.principal, sink, depth=0, stats=state.stats)
-                    loop = AgentLoop(self._llm, tools, events, state.options, state.stats)
+                    loop = AgentLoop(self._llm, tools, events, state.options, state.stats, may_act=sink.confirmed)
                     try:
                         if tools:
                             await loop.run(messages, mode=state.profile.mode, max_steps=state.profile.max_steps)

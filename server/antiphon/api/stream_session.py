@@ -328,7 +328,7 @@ class StreamSession:
         spec = self._running_speculation = turn.speculation
         if spec is not None:
             spec.turn_id = state.turn_id
-        sink = _StreamSink(self, state.turn_id)
+        sink = _StreamSink(self, state.turn_id, spec)
         speaker = self._start_speech(state, sink, spec)
         self._current = (state, speaker)
         self._interrupted = None
@@ -455,9 +455,10 @@ class StreamSession:
 class _StreamSink:
     """A turn's view of its stream: events out, client tool calls answered from the stream."""
 
-    def __init__(self, session: StreamSession, turn_id: str) -> None:
+    def __init__(self, session: StreamSession, turn_id: str, speculation: Speculation | None) -> None:
         self._session = session
         self._turn_id = turn_id
+        self._speculation = speculation
         self.client_tools = session.client_tools
         self.speaker: Speaker | None = None  # voice: the answer is also spoken
 
@@ -483,6 +484,10 @@ class _StreamSink:
 
     async def ask_client(self, call: ToolCallInfo) -> ToolOutcome:
         return await self._session.ask_client(call)
+
+    async def confirmed(self) -> None:
+        if self._speculation is not None:
+            await self._speculation.wait()  # a dropped speculation is cancelled while it waits here
 
 
 def _after(first: Callable[[], Awaitable[None]], then: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
