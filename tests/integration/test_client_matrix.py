@@ -110,7 +110,10 @@ async def test_python_bad_requests_are_invalid_argument_naming_the_field(servers
 async def test_python_text_in_audio_out(servers: MatrixServers) -> None:
     async with grpc.aio.insecure_channel(servers.address) as channel:
         call = conversation_pb2_grpc.ConversationStub(channel).Converse(timeout=60)
-        await call.write(pb.ClientEvent(session_config=pb.SessionConfig(input_audio=PCM16K, output_audio=PCM16K)))
+        spoken = pb.GenerationOptions(max_tokens=24, greedy=True)  # words to speak, every time
+        await call.write(
+            pb.ClientEvent(session_config=pb.SessionConfig(input_audio=PCM16K, output_audio=PCM16K, generation=spoken))
+        )
         await call.write(pb.ClientEvent(text=pb.TextInput(content="Hello")))
         await call.write(pb.ClientEvent(end_of_input=pb.EndOfInput()))
         await call.done_writing()

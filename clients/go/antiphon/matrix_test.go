@@ -23,6 +23,9 @@ const bound = 60 * time.Second
 
 var pcm16k = &pb.AudioFormat{Encoding: pb.AudioEncoding_AUDIO_ENCODING_PCM16, SampleRateHz: 16000, Channels: 1}
 
+// spoken: a short answer, chosen greedily, so a test that expects speech always gets words to speak.
+var spoken = &pb.GenerationOptions{MaxTokens: 24, Greedy: true}
+
 func env(t *testing.T, name string) string {
 	value := os.Getenv(name)
 	if value == "" {
@@ -165,7 +168,7 @@ func collect(t *testing.T, conv *antiphon.Conversation) turn {
 
 func TestTextInAudioOut(t *testing.T) {
 	client, ctx := dial(t, env(t, "ANTIPHON_ADDR"))
-	conv, err := client.Converse(ctx, &pb.SessionConfig{InputAudio: pcm16k, OutputAudio: pcm16k})
+	conv, err := client.Converse(ctx, &pb.SessionConfig{InputAudio: pcm16k, OutputAudio: pcm16k, Generation: spoken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +196,7 @@ func readWav(t *testing.T, path string) []byte {
 func TestAudioInAudioOut(t *testing.T) {
 	client, ctx := dial(t, env(t, "ANTIPHON_ADDR"))
 	pcm := readWav(t, env(t, "ANTIPHON_SPEECH_WAV"))
-	conv, err := client.Converse(ctx, &pb.SessionConfig{InputAudio: pcm16k})
+	conv, err := client.Converse(ctx, &pb.SessionConfig{InputAudio: pcm16k, Generation: spoken})
 	if err != nil {
 		t.Fatal(err)
 	}

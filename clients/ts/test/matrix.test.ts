@@ -31,7 +31,8 @@ const CHUNK_MS = 20;
 const CHUNK_BYTES = (16000 * CHUNK_MS) / 1000 * 2; // 640
 const RATE_LIMIT_TRIES = 20;
 // Spoken answers are paced at real time: a short one keeps each voice case well inside its bound.
-const SHORT = { maxTokens: 24 };
+// A short answer, chosen greedily: a case that expects speech always gets words to speak.
+const SHORT = { maxTokens: 24, greedy: true };
 
 const ADDR = process.env.ANTIPHON_ADDR;
 const SKIP = ADDR
