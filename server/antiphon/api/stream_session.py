@@ -455,7 +455,7 @@ class StreamSession:
 class _StreamSink:
     """A turn's view of its stream: events out, client tool calls answered from the stream."""
 
-    def __init__(self, session: StreamSession, turn_id: str, speculation: Speculation | None) -> None:
+    def __init__(self, session: StreamSession, turn_id: str, speculation: Speculation | None = None) -> None:
         self._session = session
         self._turn_id = turn_id
         self._speculation = speculation
